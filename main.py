@@ -1,0 +1,189 @@
+"""Command line of the suite: the learning-rate range test and training with its result.
+
+    uv run python main.py --find_lr --batch_size 256 --lr_iter 1000 \
+        --lr_plot ./outputs/lr_finder_imagenet1k.png --data_dir ./data
+    uv run python main.py --lr 0.1 --epochs 50 --scheduler cosine --data_dir ./data
+    uv run python main.py --find_lr --demo            # built-in handwritten digits, CPU-sized
+"""
+
+import argparse
+import sys
+
+from errors import EXIT_USAGE, UserInputError
+
+DATASETS = ("imagenet1k", "cifar100", "digits")
+DEFAULT_INPUT_SIZE = {"imagenet1k": 224, "cifar100": 32, "digits": 32}
+STANDARD_CLASSES = {"imagenet1k": 1000, "cifar100": 100, "digits": 10}
+# What --demo changes, unless the flag was given explicitly: small enough for a 2-core CPU.
+DEMO_SETTINGS = {"dataset": "digits", "input_size": 16, "batch_size": 32, "lr_iter": 200,
+                 "lr_start": 1e-3, "lr_end": 10.0, "num_workers": 2}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) with exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def lr_iter_value(text: str):
+    if text == "epoch":
+        return "epoch"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'epoch'") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} steps: the range test needs at least 2")
+    return value
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        description="Learning-rate range test and training for ResNet-50 v1.5 on ImageNet-1K.",
+        add_help=add_help, allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data_dir", default="./data", help="folder holding train/ and val/ (one sub-folder per class)")
+    data.add_argument("--dataset", default="imagenet1k", choices=DATASETS,
+                      help="imagenet1k: ImageFolder tree; cifar100: cifar-100-python/ inside --data_dir; "
+                           "digits: the built-in demo data")
+    data.add_argument("--input_size", type=int, default=None,
+                      help="image side in pixels (default: 224 for imagenet1k, 32 for cifar100/digits)")
+    data.add_argument("--max_samples", type=int, default=None,
+                      help="use at most this many images (class-balanced, seeded), for quick tests")
+    data.add_argument("--num_workers", type=int, default=4, help="data loading processes (capped at the CPUs available)")
+    data.add_argument("--seed", type=int, default=0, help="seed for the subset, initial weights and data order")
+    data.add_argument("--demo", action="store_true",
+                      help="use the built-in handwritten-digits data with CPU-sized settings "
+                           "(explicit flags still win)")
+
+    model = parser.add_argument_group("Model")
+    model.add_argument("--use_pretrained", action="store_true", help="start from Microsoft's ResNet-50 weights")
+    model.add_argument("--pretrained_path", default=None, help="folder or file with those weights")
+    model.add_argument("--summary", action="store_true", help="print the torchsummary table of the model and exit")
+
+    finder = parser.add_argument_group("LR finder")
+    finder.add_argument("--find_lr", action="store_true", help="run the learning-rate range test")
+    finder.add_argument("--lr_advanced", action="store_true",
+                        help="also measure the loss on --lr_val_batches fixed val/ batches after every step "
+                             "and suggest from that curve (Leslie Smith's method)")
+    finder.add_argument("--lr_start", type=float, default=1e-7, help="first learning rate of the sweep")
+    finder.add_argument("--lr_end", type=float, default=10.0, help="last learning rate of the sweep")
+    finder.add_argument("--lr_iter", type=lr_iter_value, default=1000,
+                        help="sweep steps, or 'epoch' for one pass over the training data times --epochs")
+    finder.add_argument("--lr_plot", default="./lr_finder_plot.png",
+                        help="plot path; the log, JSON and history CSV go in the same folder")
+    finder.add_argument("--lr_step_mode", default="exp", choices=("exp", "linear"), help="how the rate grows per step")
+    finder.add_argument("--lr_smooth_f", type=float, default=0.05, help="loss smoothing factor in [0, 1)")
+    finder.add_argument("--lr_diverge_th", type=float, default=5.0,
+                        help="stop when the smoothed loss exceeds this times the best loss")
+    finder.add_argument("--lr_suggest", default="steepest", choices=("steepest", "valley", "minimum"),
+                        help="which suggestion becomes suggested_lr")
+    finder.add_argument("--lr_val_batches", type=int, default=2, help="validation batches per step in --lr_advanced")
+
+    optim = parser.add_argument_group("Optimizer (shared by the finder and training)")
+    optim.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight_decay", type=float, default=1e-4)
+
+    train = parser.add_argument_group("Training")
+    train.add_argument("--batch_size", type=int, default=256, help="images per step (per process under torchrun)")
+    train.add_argument("--epochs", type=int, default=1,
+                       help="training epochs; with --lr_iter epoch, the finder's passes over the data")
+    train.add_argument("--lr", type=float, default=None, help="training learning rate (peak for onecycle)")
+    train.add_argument("--scheduler", default="cosine", choices=("cosine", "step", "onecycle", "none"),
+                       help="cosine and onecycle step every iteration, step every epoch")
+    train.add_argument("--step_size", type=int, default=30, help="epochs between decays for --scheduler step")
+    train.add_argument("--gamma", type=float, default=0.1, help="decay factor for --scheduler step")
+    train.add_argument("--output_dir", default="./outputs/train", help="training metrics, plots and checkpoints")
+
+    runtime = parser.add_argument_group("Runtime")
+    runtime.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
+    runtime.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                         help="auto: bf16 where the GPU/CPU has it natively, fp16 on older GPUs, else fp32")
+    runtime.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
+
+    output = parser.add_argument_group("Output")
+    output.add_argument("--no_plots", action="store_true",
+                        help="skip plots other than the LR-finder plot (e.g. training curves)")
+    return parser
+
+
+def apply_demo(args, parser) -> None:
+    """Point at the built-in digits and use CPU-sized settings for flags left at default."""
+    from demo_data import ensure_digits_imagefolder
+
+    for name, value in DEMO_SETTINGS.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+    args.data_dir = str(ensure_digits_imagefolder())
+
+
+def validate_args(args, parser) -> None:
+    """Flag combinations argparse cannot check by itself; one line and exit 2 if wrong."""
+    if args.lr_start <= 0 or args.lr_end <= 0:
+        parser.error(f"--lr_start {args.lr_start:g} / --lr_end {args.lr_end:g}: learning rates must be positive")
+    if args.lr_start >= args.lr_end:
+        parser.error(f"--lr_start {args.lr_start:g} must be smaller than --lr_end {args.lr_end:g}")
+    if not 0 <= args.lr_smooth_f < 1:
+        parser.error(f"--lr_smooth_f {args.lr_smooth_f:g} must be in [0, 1)")
+    if args.lr_diverge_th <= 1:
+        parser.error(f"--lr_diverge_th {args.lr_diverge_th:g} must be greater than 1")
+    for name in ("batch_size", "epochs", "lr_val_batches", "step_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)} must be at least 1")
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error(f"--max_samples {args.max_samples} must be at least 1")
+    if args.num_workers < 0:
+        parser.error(f"--num_workers {args.num_workers} must be 0 or more")
+    if args.input_size is not None and args.input_size < 16:
+        parser.error(f"--input_size {args.input_size} is too small; use 16 or more")
+    if args.lr is not None and args.lr <= 0:
+        parser.error(f"--lr {args.lr:g} must be positive")
+    if args.pretrained_path and not args.use_pretrained:
+        parser.error("--pretrained_path is only used with --use_pretrained")
+    if not (args.find_lr or args.summary) and args.lr is None:
+        parser.error("nothing to do: pass --find_lr to run the range test, or --lr X to train")
+
+
+def parse_args(argv=None, parser=None):
+    parser = parser or get_args_parser()
+    args = parser.parse_args(argv)
+    validate_args(args, parser)
+    if args.demo:
+        apply_demo(args, parser)
+    if args.input_size is None:
+        args.input_size = DEFAULT_INPUT_SIZE[args.dataset]
+    return args
+
+
+def run(args) -> int:
+    if args.summary:
+        import model_resnet50
+        from runtime import select_device
+
+        device = select_device(args.no_cuda)
+        model = model_resnet50.build_resnet50(STANDARD_CLASSES[args.dataset], args.input_size)
+        model_resnet50.print_summary(model.to(device), args.input_size, device)
+        return 0
+    if args.find_lr:
+        from find_lr import run_find_lr
+
+        return run_find_lr(args)
+    from train import run_training
+
+    return run_training(args)
+
+
+def main(argv=None) -> int:
+    try:
+        return run(parse_args(argv))
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Result files: atomic writes, the history CSV, and the text of ``lr_finder_log.txt``.
+
+No torch here, so ``run_lr_finder.py`` can use it without importing the model stack.
+"""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+RULE = "=" * 80
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: a reader sees the old
+    file or the new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path, obj: dict) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def atomic_savefig(fig, path) -> None:
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+def history_csv(lrs, raw_losses, smoothed, val_losses=None) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["step", "lr", "loss", "smoothed_loss"] + (["val_loss"] if val_losses else [])
+    writer.writerow(header)
+    for i, (lr, raw, sm) in enumerate(zip(lrs, raw_losses, smoothed)):
+        row = [i, repr(lr), repr(raw), repr(sm)] + ([repr(val_losses[i])] if val_losses else [])
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def json_safe(value):
+    """NaN/inf become None so the JSON stays strict."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _section(title: str, body: str) -> str:
+    return f"{RULE}\n{title}\n{RULE}\n{body.rstrip()}\n"
+
+
+def render_log(config: dict, command: str, output: str, result: dict) -> str:
+    """The full log: configuration, command, captured output, results, analysis, next steps."""
+    width = max((len(k) for k in config), default=0)
+    parts = [
+        _section("LR FINDER LOG", f"Written: {result.get('timestamp', '')}"),
+        _section("CONFIGURATION", "\n".join(f"{k:<{width}} : {v}" for k, v in config.items())),
+        _section("COMMAND", command),
+        _section("OUTPUT (stdout and stderr)", output or "(no output captured)"),
+        _section("RESULTS", _results_text(result)),
+        _section("ANALYSIS", _analysis_text(result)),
+    ]
+    return "\n".join(parts)
+
+
+def _fmt(value) -> str:
+    return f"{value:.2e}" if isinstance(value, float) else str(value)
+
+
+def _results_text(result: dict) -> str:
+    lines = [f"Success            : {result.get('success')}"]
+    if result.get("error"):
+        lines.append(f"Error              : {result['error']}")
+    if result.get("suggested_lr") is not None:
+        lines.append(f"Suggested LR       : {result['suggested_lr']:.2e} ({result.get('suggestion_method')})")
+    for name, lr in (result.get("suggestions") or {}).items():
+        lines.append(f"  {name:<17}: {_fmt(lr)}")
+    keys = ["confidence", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_lr", "steps_run",
+            "lr_iter", "lr_finder_epochs", "bad_images", "skipped_steps", "device", "precision",
+            "global_batch_size", "elapsed_s", "images_per_second", "plot_file", "history_file", "log_file"]
+    lines += [f"{k:<19}: {_fmt(result[k])}" for k in keys if result.get(k) is not None]
+    return "\n".join(lines)
+
+
+def _analysis_text(result: dict) -> str:
+    analysis = result.get("analysis") or {}
+    if not result.get("success") or result.get("suggested_lr") is None:
+        return ("❌ No learning rate could be suggested.\n\n"
+                "Recommended next steps:\n1. Read the error above and the output section\n"
+                "2. Fix the input and run the finder again")
+    lr = result["suggested_lr"]
+    lines = [("✅ " if not analysis.get("warnings") else "⚠️ ") + analysis.get("verdict", "")]
+    lines += [f"⚠️  {w}" for w in analysis.get("warnings", [])]
+    lines += ["", "Recommended next steps:"]
+    lines += [f"{i}. {step}" for i, step in enumerate(next_steps(result, lr), 1)]
+    return "\n".join(lines)
+
+
+def next_steps(result: dict, lr: float) -> list[str]:
+    data = result.get("data_dir", "./data")
+    steps = [
+        f"Use learning rate: {lr:.2e}",
+        f"Train: uv run python main.py --lr {lr:.3g} --scheduler cosine --epochs 50 "
+        f"--batch_size {result.get('batch_size')} --data_dir {data}",
+    ]
+    if result.get("onecycle_max_lr"):
+        steps.append(f"Or one-cycle: uv run python main.py --lr {result['onecycle_max_lr']:.3g} "
+                     f"--scheduler onecycle --batch_size {result.get('batch_size')} --data_dir {data}")
+    gb = result.get("global_batch_size") or result.get("batch_size")
+    steps += [
+        f"This LR is for a global batch of {gb}; for another batch B scale it linearly: lr * B / {gb}",
+        "Monitor training loss and accuracy; lower the LR if the loss spikes early",
+        "Use learning rate scheduling (cosine or one-cycle)",
+    ]
+    return steps

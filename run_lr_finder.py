@@ -1,0 +1,152 @@
+"""Run ``main.py --find_lr`` as a child process and keep a complete record of it.
+
+Shows the child's output live, then writes into ``--output_dir``: the plot
+``lr_finder_<dataset>.png``, ``lr_finder_log.txt`` (configuration, command, full output,
+results, analysis, next steps) and ``suggested_lr.json``. If the child fails, the log and
+a ``"success": false`` JSON are still written and the exit code is non-zero.
+
+    uv run python run_lr_finder.py --demo --output_dir ./outputs
+    uv run python run_lr_finder.py --batch_size 256 --lr_iter 1000 --data_dir ./data --output_dir ./outputs
+"""
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from errors import EXIT_USAGE
+from main import DEMO_SETTINGS, OneLineErrorParser, get_args_parser, validate_args
+from report import atomic_write_json, atomic_write_text, render_log
+
+MAIN = str(Path(__file__).resolve().with_name("main.py"))
+# Set by this script itself, so not forwarded from the user's flags.
+NOT_FORWARDED = {"output_dir", "lr_plot", "find_lr", "help"}
+
+
+def get_runner_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        parents=[get_args_parser(add_help=False)], conflict_handler="resolve", allow_abbrev=False,
+        description="Run the LR range test (main.py --find_lr) and record its full log and JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output_dir", default="./outputs",
+                        help="folder for lr_finder_<dataset>.png, lr_finder_log.txt and suggested_lr.json")
+    parser.set_defaults(find_lr=True)
+    return parser
+
+
+def forwarded_argv(args: argparse.Namespace) -> list[str]:
+    """The user's main.py flags that differ from main.py's defaults, as command-line words."""
+    words = []
+    for action in get_args_parser(add_help=False)._actions:
+        if action.dest in NOT_FORWARDED or not action.option_strings:
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            words.append(flag)
+        else:
+            words += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return words
+
+
+def collapse_carriage_returns(text: str) -> str:
+    """Keep what a terminal would finally show of each line (progress bars redraw with \\r)."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def run_child(command: list[str]) -> tuple[int, str, str]:
+    """Run ``command``, echoing its stdout/stderr live; return (exit code, combined output, stderr)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Own session: a Ctrl-C in the terminal reaches only us, and we forward it once.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    transcript, errors, lock = [], [], threading.Lock()
+
+    def pump(stream, sink, keep_errors):
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            sink.buffer.write(chunk)
+            sink.flush()
+            with lock:
+                transcript.append(chunk)
+                if keep_errors:
+                    errors.append(chunk)
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout, False)),
+               threading.Thread(target=pump, args=(proc.stderr, sys.stderr, True))]
+    for t in threads:
+        t.start()
+    previous = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+        for t in threads:
+            t.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    decode = lambda parts: collapse_carriage_returns(b"".join(parts).decode("utf-8", "replace"))
+    return code, decode(transcript), decode(errors)
+
+
+def last_error_line(stderr: str, code: int) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or ": error:" in line]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else f"main.py exited with code {code}"
+
+
+def read_fresh_json(path: Path, not_before: float) -> dict | None:
+    """The child's JSON, if it wrote one during this run."""
+    try:
+        if path.stat().st_mtime < not_before:
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv=None) -> int:
+    parser = get_runner_parser()
+    args = parser.parse_args(argv)
+    validate_args(args, parser)
+    dataset = DEMO_SETTINGS["dataset"] if args.demo and args.dataset == parser.get_default("dataset") else args.dataset
+    out = Path(args.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --output_dir {out}: cannot create it ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    plot, log, json_path = out / f"lr_finder_{dataset}.png", out / "lr_finder_log.txt", out / "suggested_lr.json"
+    command = [sys.executable, MAIN, "--find_lr", *forwarded_argv(args), "--lr_plot", str(plot)]
+    print(f"Running: {shlex.join(command)}", flush=True)
+
+    started = datetime.now().timestamp()
+    code, output, stderr = run_child(command)
+    result = read_fresh_json(json_path, started)
+    if result is None:
+        result = {"success": False, "error": last_error_line(stderr, code), "suggested_lr": None,
+                  "dataset": dataset, "batch_size": args.batch_size, "lr_finder_epochs": 0.0,
+                  "lr_start": args.lr_start, "lr_end": args.lr_end, "lr_iter": args.lr_iter,
+                  "steps_run": 0, "diverged": False, "device": None, "seed": args.seed}
+    elif code != 0 and result.get("success"):
+        result["error"] = last_error_line(stderr, code)
+    result.update(plot_file=str(plot), log_file=str(log), exit_code=code,
+                  timestamp=datetime.now().isoformat(timespec="seconds"))
+    if not plot.exists():
+        result["plot_file"] = None
+    atomic_write_json(json_path, result)
+    atomic_write_text(log, render_log(dict(sorted(vars(args).items())), shlex.join(command), output, result))
+    print(f"Log: {log}\nJSON: {json_path}" + (f"\nPlot: {plot}" if plot.exists() else ""))
+    return code if code != 0 else (0 if result.get("success") else 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

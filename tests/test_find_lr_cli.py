@@ -1,0 +1,106 @@
+"""main.py --find_lr as users run it: the files it writes and what is in them."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import FAST, run_cli
+
+SPEC_FIELDS = {"suggested_lr", "dataset", "batch_size", "lr_finder_epochs", "plot_file", "log_file", "timestamp"}
+OUR_FIELDS = {"success", "lr_start", "lr_end", "lr_iter", "steps_run", "diverged", "device", "seed"}
+
+
+def find_lr(data, out, *extra):
+    return run_cli("main.py", "--find_lr", "--data_dir", data, "--lr_plot", out / "plot.png", *FAST, *extra)
+
+
+def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
+    out = tmp_path / "results" / "nested"  # created on demand
+    proc = find_lr(image_folder, out, "--lr_iter", "12", "--lr_start", "1e-4", "--lr_end", "1", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "suggested_lr.json").read_text())
+    assert SPEC_FIELDS | OUR_FIELDS <= set(result)
+    assert result["success"] is True and result["dataset"] == "imagenet1k" and result["batch_size"] == 4
+    assert result["lr_start"] == 1e-4 and result["lr_end"] == 1 and result["lr_iter"] == 12 and result["seed"] == 3
+    assert result["device"] == "cpu" and result["plot_file"] == str(out / "plot.png")
+    assert 1e-4 <= result["suggested_lr"] <= 1
+    assert result["stop_reason"] in ("completed", "diverged") and 2 <= result["steps_run"] <= 12
+    assert result["diverged"] == (result["stop_reason"] == "diverged")
+    # 24 images at batch 4: 6 batches per epoch, so 12 steps cycle the loader twice.
+    assert result["lr_finder_epochs"] == pytest.approx(result["steps_run"] / 6, abs=1e-3)
+
+    rows = list(csv.DictReader((out / "lr_finder_history.csv").open()))
+    assert len(rows) == result["steps_run"]
+    assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss"]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-4) and float(rows[0]["loss"]) == float(rows[0]["smoothed_loss"])
+    assert float(rows[1]["lr"]) == pytest.approx(1e-4 * (1e4 ** (1 / 11)))  # exponential steps
+
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (out / "lr_finder_log.txt").read_text()
+    for section in ("CONFIGURATION", "COMMAND", "OUTPUT", "RESULTS", "ANALYSIS", "Recommended next steps"):
+        assert section in log
+    assert f"Use learning rate: {result['suggested_lr']:.2e}" in log
+    assert f"Suggested learning rate: {result['suggested_lr']:.2e}" in proc.stdout
+
+
+def test_lr_iter_epoch_runs_one_pass_per_epoch(image_folder, tmp_path):
+    proc = find_lr(image_folder, tmp_path, "--lr_iter", "epoch", "--epochs", "2", "--lr_end", "0.01",
+                   "--lr_diverge_th", "1000", "--max_samples", "12")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "suggested_lr.json").read_text())
+    assert result["lr_iter"] == 6 and result["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs
+    assert result["lr_finder_epochs"] == 2.0
+
+
+def test_linear_mode_and_advanced_validation_curve(image_folder, tmp_path):
+    proc = find_lr(image_folder, tmp_path, "--lr_iter", "8", "--lr_advanced", "--lr_step_mode", "linear",
+                   "--lr_end", "0.1", "--lr_val_batches", "1", "--lr_diverge_th", "1000")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "suggested_lr.json").read_text())
+    assert result["curve"] == "validation" and result["steps_run"] == 8
+    rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))
+    assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss", "val_loss"]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[2] - lrs[1] == pytest.approx(lrs[1] - lrs[0])  # linear steps
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr_start", "1", "--lr_end", "0.1"], "--lr_start 1 must be smaller than --lr_end 0.1"),
+    (["--lr_start", "-1"], "learning rates must be positive"),
+    (["--lr_smooth_f", "1.0"], "--lr_smooth_f 1 must be in [0, 1)"),
+    (["--lr_iter", "1"], "the range test needs at least 2"),
+    (["--lr_iter", "lots"], "'lots' is neither an integer nor 'epoch'"),
+    (["--lr_step_mode", "cubic"], "invalid choice: 'cubic'"),
+    (["--batch_size", "0"], "--batch_size 0 must be at least 1"),
+])
+def test_bad_flags_fail_in_one_line_with_exit_code_2(image_folder, tmp_path, flags, message):
+    proc = find_lr(image_folder, tmp_path, *flags)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.glob("*.json"))
+
+
+def test_missing_data_dir_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("main.py", "--find_lr", "--data_dir", tmp_path / "nowhere", "--lr_plot", out / "p.png", *FAST)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --data_dir {tmp_path / 'nowhere'}: folder not found; it must contain train/ and val/"]
+    assert not (out / "suggested_lr.json").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch_size", "64"], "--batch_size 64 is larger than the 24 training images"),
+    (["--use_pretrained"], "--use_pretrained: loading Microsoft's ResNet-50 weights is not implemented yet"),
+    (["--precision", "fp16"], "--precision fp16 needs a CUDA device"),
+])
+def test_runtime_input_errors_are_one_line_and_write_nothing(image_folder, tmp_path, capsys, extra, message):
+    import main
+
+    out = tmp_path / "out"
+    argv = ["--find_lr", "--data_dir", str(image_folder), "--lr_plot", str(out / "p.png"), *FAST, *extra]
+    assert main.main(argv) == 2  # a repeated flag's last value wins, so extra overrides FAST
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (out / "suggested_lr.json").exists()

@@ -1,0 +1,81 @@
+"""run_lr_finder.py: child process, full log, JSON, failures and signals."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import FAST, REPO, run_cli
+from run_lr_finder import collapse_carriage_returns, forwarded_argv, get_runner_parser
+
+
+def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
+    out = tmp_path / "outputs"
+    proc = run_cli("run_lr_finder.py", "--data_dir", image_folder, "--output_dir", out, *FAST,
+                   "--lr_iter", "10", "--lr_end", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Range test: imagenet1k" in proc.stdout  # the child's output is shown live
+    result = json.loads((out / "suggested_lr.json").read_text())
+    assert result["success"] is True and result["exit_code"] == 0
+    assert result["plot_file"] == str(out / "lr_finder_imagenet1k.png")
+    assert result["log_file"] == str(out / "lr_finder_log.txt")
+    assert (out / "lr_finder_imagenet1k.png").read_bytes()[:4] == b"\x89PNG"
+    log = (out / "lr_finder_log.txt").read_text()
+    command = log.split("COMMAND\n")[1].split("\n")[1]
+    assert "main.py --find_lr" in command and "--batch_size 4" in command and "--lr_end 1.0" in command
+    output = log.split("OUTPUT (stdout and stderr)\n")[1]
+    assert "Range test: imagenet1k, 24 training images in 3 classes" in output
+    assert "10/10" in output  # the progress bar's final state, stderr captured too
+    assert "\r" not in log
+    assert f"Suggested LR       : {result['suggested_lr']:.2e}" in log
+
+
+def test_failing_child_still_gives_log_and_unsuccessful_json(tmp_path):
+    out = tmp_path / "outputs"
+    proc = run_cli("run_lr_finder.py", "--data_dir", tmp_path / "missing", "--output_dir", out, *FAST)
+    assert proc.returncode == 2
+    result = json.loads((out / "suggested_lr.json").read_text())
+    expected = f"error: --data_dir {tmp_path / 'missing'}: folder not found; it must contain train/ and val/"
+    assert result["success"] is False and result["error"] == expected and result["suggested_lr"] is None
+    assert result["plot_file"] is None and result["exit_code"] == 2
+    log = (out / "lr_finder_log.txt").read_text()
+    assert expected in log and "No learning rate could be suggested" in log
+
+
+def test_sigint_to_the_runner_stops_the_sweep_and_keeps_partial_results(image_folder, tmp_path):
+    out = tmp_path / "outputs"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_lr_finder.py"), "--data_dir", str(image_folder),
+                             "--output_dir", str(out), *FAST, "--lr_iter", "400", "--lr_end", "0.01",
+                             "--lr_diverge_th", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    try:
+        for line in proc.stdout:
+            if line.startswith("Device:"):
+                break
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        proc.stdout.read()
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    result = json.loads((out / "suggested_lr.json").read_text())
+    assert result["stop_reason"] == "interrupted" and 0 < result["steps_run"] < 400
+    assert result["exit_code"] == 130
+    history = (out / "lr_finder_history.csv").read_text().strip().splitlines()
+    assert len(history) == result["steps_run"] + 1
+    assert "SIGINT received" in (out / "lr_finder_log.txt").read_text()
+
+
+def test_only_changed_flags_are_forwarded():
+    args = get_runner_parser().parse_args(["--batch_size", "8", "--no_cuda", "--lr_end", "1", "--output_dir", "x",
+                                           "--lr_iter", "epoch"])
+    words = forwarded_argv(args)
+    pairs = " ".join(words)
+    assert "--batch_size 8" in pairs and "--lr_end 1.0" in pairs and "--lr_iter epoch" in pairs
+    assert "--no_cuda" in words and len(words) == 7
+    assert "--output_dir" not in words and "--find_lr" not in words
+
+
+def test_progress_bar_redraws_collapse_to_their_final_state():
+    assert collapse_carriage_returns("a\r b\r c\nnext\n") == " c\nnext\n"
