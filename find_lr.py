@@ -25,7 +25,7 @@ from report import atomic_write_json, atomic_write_text, history_csv, json_safe,
 from runtime import AMP_DTYPES, seed_everything, select_device, select_precision
 from train import build_optimizer
 
-EXIT_CODES = {"interrupted": {signal.SIGINT: 130, signal.SIGTERM: 143}}
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def output_paths(lr_plot: str) -> dict[str, str]:
@@ -95,7 +95,8 @@ def summarise(sweep, method: str) -> dict:
     }
 
 
-def run_find_lr(args) -> int:
+def run_find_lr(args) -> tuple[int, float | None]:
+    """Run the sweep and write its results; returns (exit code, suggested learning rate)."""
     paths = output_paths(args.lr_plot)
     ensure_writable(os.path.dirname(args.lr_plot) or ".")
     device = select_device(args.no_cuda)
@@ -166,8 +167,8 @@ def run_find_lr(args) -> int:
     write_results(args, paths, sweep, result)
     report_to_user(result, paths)
     if sweep.stop_reason == "interrupted":
-        return EXIT_CODES["interrupted"][stop.signum]
-    return 0 if result["success"] else 2
+        return SIGNAL_EXIT_CODES[stop.signum], None
+    return (0, result["suggested_lr"]) if result["success"] else (2, None)
 
 
 def write_results(args, paths: dict, sweep, result: dict) -> None:

@@ -93,11 +93,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=1,
                        help="training epochs; with --lr_iter epoch, the finder's passes over the data")
     train.add_argument("--lr", type=float, default=None, help="training learning rate (peak for onecycle)")
+    train.add_argument("--lr_from", default=None, metavar="JSON",
+                       help="take the learning rate from a suggested_lr.json written by the finder")
+    train.add_argument("--train", action="store_true",
+                       help="with --find_lr: train with the suggested rate right after the sweep")
     train.add_argument("--scheduler", default="cosine", choices=("cosine", "step", "onecycle", "none"),
-                       help="cosine and onecycle step every iteration, step every epoch")
+                       help="all step once per iteration: cosine decays smoothly to 0, step multiplies by "
+                            "--gamma every --step_size epochs (at epoch boundaries), onecycle warms up to --lr "
+                            "and anneals")
+    train.add_argument("--warmup_epochs", type=int, default=0,
+                       help="linear warm-up per iteration over this many epochs (cosine/step/none)")
     train.add_argument("--step_size", type=int, default=30, help="epochs between decays for --scheduler step")
     train.add_argument("--gamma", type=float, default=0.1, help="decay factor for --scheduler step")
     train.add_argument("--output_dir", default="./outputs/train", help="training metrics, plots and checkpoints")
+    train.add_argument("--resume", default=None, metavar="auto|PATH",
+                       help="continue from a checkpoint: auto = OUTPUT_DIR/last.pt if present")
+    train.add_argument("--checkpoint_every", type=int, default=0, metavar="STEPS",
+                       help="also checkpoint every this many steps within an epoch (0: at epoch ends only)")
 
     runtime = parser.add_argument_group("Runtime")
     runtime.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
@@ -144,8 +156,18 @@ def validate_args(args, parser) -> None:
         parser.error(f"--lr {args.lr:g} must be positive")
     if args.pretrained_path and not args.use_pretrained:
         parser.error("--pretrained_path is only used with --use_pretrained")
-    if not (args.find_lr or args.summary) and args.lr is None:
-        parser.error("nothing to do: pass --find_lr to run the range test, or --lr X to train")
+    if args.train and not args.find_lr:
+        parser.error("--train goes with --find_lr (train right after the sweep); to train alone pass --lr or --lr_from")
+    if args.lr_from and (args.lr is not None or args.find_lr):
+        parser.error("--lr_from gives the learning rate: drop --lr / --find_lr")
+    if args.warmup_epochs < 0 or args.checkpoint_every < 0:
+        parser.error("--warmup_epochs and --checkpoint_every must be 0 or more")
+    if args.warmup_epochs and args.scheduler == "onecycle":
+        parser.error("--warmup_epochs does not apply to --scheduler onecycle, which has its own warm-up")
+    if args.warmup_epochs >= args.epochs and args.warmup_epochs:
+        parser.error(f"--warmup_epochs {args.warmup_epochs} must be fewer than --epochs {args.epochs}")
+    if not (args.find_lr or args.summary) and args.lr is None and not args.lr_from:
+        parser.error("nothing to do: pass --find_lr to run the range test, or --lr X / --lr_from JSON to train")
 
 
 def parse_args(argv=None, parser=None):
@@ -168,11 +190,17 @@ def run(args) -> int:
         model = model_resnet50.build_resnet50(STANDARD_CLASSES[args.dataset], args.input_size)
         model_resnet50.print_summary(model.to(device), args.input_size, device)
         return 0
+    from train import run_training
+
     if args.find_lr:
         from find_lr import run_find_lr
 
-        return run_find_lr(args)
-    from train import run_training
+        code, suggested = run_find_lr(args)
+        if code != 0 or not args.train:
+            return code
+        print(f"Training with the suggested learning rate {suggested:.3g}", flush=True)
+        args.lr = suggested
+        return run_training(args)
 
     return run_training(args)
 

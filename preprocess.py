@@ -20,7 +20,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from errors import UserInputError
@@ -125,7 +125,13 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, position: int):
+    def __getitem__(self, key):
+        """``key`` is a position, or (position, augmentation seed) from ``EpochSampler``: seeding
+        per sample makes the augmentations independent of which worker runs them."""
+        position = key
+        if isinstance(key, tuple):
+            position, seed = key
+            self.transform.set_random_seed(seed)
         skipped = 0
         while True:
             i = int(self.index[(position + skipped) % len(self.index)])
@@ -253,6 +259,38 @@ def build_datasets(dataset: str, data_dir: str, input_size: int, max_samples: in
         if val is not None:
             val.restrict(balanced_subset(val.targets, max_samples, seed))
     return train, val
+
+
+class EpochSampler(Sampler):
+    """A seeded order per epoch that can start part-way (to resume) and be sharded over
+    ranks; yields (position, augmentation seed) so a resumed epoch sees the very same
+    images with the very same augmentations."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use ``epoch``'s order, skipping its first ``start`` samples of this rank."""
+        self.epoch, self.start = epoch, start
+
+    def _positions(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+            order = order[: self.size - self.size % self.world_size]  # equal shards
+        else:
+            order = list(range(self.size))
+        return order[self.rank::self.world_size]
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for position in self._positions()[self.start:]:
+            yield position, (base + position) % 2**32
+
+    def __len__(self) -> int:
+        return len(self._positions()) - self.start
 
 
 def default_num_workers(requested: int) -> int:

@@ -1,16 +1,37 @@
-"""Optimizers (shared with the range test) and the training loop.
+"""Training with the found learning rate: optimizer and schedulers (shared with the range
+test), one epoch, evaluation, the fit loop with resumable checkpoints.
 
     uv run python main.py --lr 0.1 --epochs 90 --scheduler cosine --data_dir ./data
+    uv run python main.py --lr_from ./outputs/suggested_lr.json --epochs 5 --resume auto
 """
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+from tqdm import tqdm
+
+from checkpoint import config_differences, load_checkpoint, restore_rng_state, resume_path, rng_state, \
+    save_checkpoint
+from errors import UserInputError
+from model_resnet50 import create_model
+from preprocess import EpochSampler, build_datasets, build_loader, to_model_input
+from report import atomic_savefig, atomic_write_json, atomic_write_text
+from runtime import AMP_DTYPES, seed_everything, select_device, select_precision
+
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+                 "epoch_time_s", "images_per_second"]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.9,
                     weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    """SGD with Nesterov-free momentum or AdamW; the finder and training use the same one so
-    the suggested rate transfers."""
+    """SGD with momentum or AdamW; the finder and training share it so the suggested rate transfers."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -19,5 +40,245 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+# ------------------------------------------------------------------- schedules
+
+
+def lr_multiplier(step: int, scheduler: str, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0,
+                  step_size: int = 30, gamma: float = 0.1) -> float:
+    """Factor on the base rate for iteration ``step`` (0-based) of cosine/step/none with
+    optional linear warm-up. Step decay happens at epoch boundaries: every ``step_size`` epochs."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if scheduler == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if scheduler == "step":
+        return gamma ** ((step // steps_per_epoch) // step_size)
+    return 1.0
+
+
+def build_scheduler(optimizer, scheduler: str, lr: float, epochs: int, steps_per_epoch: int,
+                    warmup_epochs: int = 0, step_size: int = 30, gamma: float = 0.1):
+    """A scheduler stepped once per iteration: torch's OneCycleLR (``lr`` is its peak) or a
+    LambdaLR over ``lr_multiplier``."""
+    total = epochs * steps_per_epoch
+    if scheduler == "onecycle":
+        return OneCycleLR(optimizer, max_lr=lr, total_steps=total)
+    warmup = warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        return lr_multiplier(step, scheduler, total, steps_per_epoch, warmup, step_size, gamma)
+
+    return LambdaLR(optimizer, factor)
+
+
+# ------------------------------------------------------------------- one epoch
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """How many rows have the target among their k highest logits, for each k."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == target.unsqueeze(1)
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+def new_epoch_totals() -> dict:
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, amp_dtype, channels_last,
+                    totals: dict, on_step=None, desc="train") -> dict:
+    """One pass (or the rest of one, continuing ``totals``); ``on_step(i)`` runs after each
+    optimizer step, when ``totals`` is up to date (that is where checkpoints are taken)."""
+    model.train()
+    started, elapsed_before = time.perf_counter(), totals["elapsed"]
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    for i, (images, labels, _) in enumerate(bar):
+        x, y = to_model_input(images, device, channels_last), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        totals["loss_sum"] += loss.item() * len(y)
+        totals["correct"] += topk_correct(logits.detach(), y, (1,))[0]
+        totals["seen"] += len(y)
+        totals["elapsed"] = elapsed_before + time.perf_counter() - started
+        bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}",
+                        img_s=f"{totals['seen'] / totals['elapsed']:.1f}")
+        if on_step is not None:
+            on_step(i)
+    seen, elapsed = max(totals["seen"], 1), totals["elapsed"]
+    return {"train_loss": totals["loss_sum"] / seen, "train_top1": 100.0 * totals["correct"] / seen,
+            "epoch_time_s": round(elapsed, 2), "images_per_second": round(seen / elapsed, 1) if elapsed else 0.0}
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion, device, amp_dtype, channels_last) -> dict:
+    model.eval()
+    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    for images, labels, _ in tqdm(loader, desc="val", unit="batch", leave=False, dynamic_ncols=True):
+        x, y = to_model_input(images, device, channels_last), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss_sum += criterion(logits.float(), y).item() * len(y)
+        c1, c5 = topk_correct(logits, y)
+        top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
+    return {"val_loss": loss_sum / max(seen, 1), "val_top1": 100.0 * top1 / max(seen, 1),
+            "val_top5": 100.0 * top5 / max(seen, 1), "val_images": seen}
+
+
+# ------------------------------------------------------------------- the fit loop
+
+
+def read_lr_from(path: str) -> float:
+    """``suggested_lr`` from a finder JSON, refusing failed or incomplete sweeps."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UserInputError(f"--lr_from {path}: cannot read it ({exc.strerror})") from None
+    except ValueError:
+        raise UserInputError(f"--lr_from {path}: not valid JSON; point it at a suggested_lr.json") from None
+    if not isinstance(record, dict) or record.get("success") is not True:
+        error = record.get("error", "no error recorded") if isinstance(record, dict) else "not an object"
+        raise UserInputError(f"--lr_from {path}: that sweep did not succeed ({error}); rerun the finder or pass --lr")
+    lr = record.get("suggested_lr")
+    if not isinstance(lr, (int, float)) or not lr > 0:
+        raise UserInputError(f"--lr_from {path}: has no positive suggested_lr; rerun the finder or pass --lr")
+    return float(lr)
+
+
+def resolved_config(args, num_classes: int, precision: str) -> dict:
+    config = {k: v for k, v in sorted(vars(args).items())}
+    config.update(num_classes=num_classes, precision=precision, channels_last=not args.no_channels_last,
+                  world_size=1)
+    return config
+
+
+def metrics_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def plot_training(path: Path, history: list[dict], lr_trace: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
+        ax_acc.plot(epochs, [h[key] for h in history], "o-", label=label)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax_lr.plot(range(len(lr_trace)), lr_trace)
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
 def run_training(args) -> int:
-    raise NotImplementedError("training is not built yet")
+    if args.lr_from:
+        args.lr = read_lr_from(args.lr_from)
+    out = Path(args.output_dir)
+    device = select_device(args.no_cuda)
+    precision, why = select_precision(args.precision, device)
+    amp_dtype, channels_last = AMP_DTYPES[precision], not args.no_channels_last
+    seed_everything(args.seed)
+
+    train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples, args.seed)
+    sampler = EpochSampler(len(train_ds), args.seed)
+    train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler=sampler)
+    val_loader = build_loader(val_ds, args.batch_size, False, args.num_workers, device, args.seed)
+    steps_per_epoch = len(train_loader)
+    num_classes = len(train_ds.classes)
+    config = resolved_config(args, num_classes, precision)
+
+    model = create_model(num_classes, args.input_size, device, channels_last,
+                         pretrained=args.use_pretrained, weights_path=args.pretrained_path)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    scheduler = build_scheduler(optimizer, args.scheduler, args.lr, args.epochs, steps_per_epoch,
+                                args.warmup_epochs, args.step_size, args.gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = {"epoch": 0, "step_in_epoch": 0, "best_top1": -1.0, "history": [], "lr_trace": [],
+             "epoch_totals": new_epoch_totals()}
+
+    source = resume_path(args.resume, args.output_dir)
+    if source is not None:
+        saved = load_checkpoint(source)
+        differences = config_differences(saved["config"], config)
+        if differences:
+            raise UserInputError(f"{source}: was made with other settings ({'; '.join(differences)}); "
+                                 "resume with the same flags or use another --output_dir")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        restore_rng_state(saved["rng"])
+        state = {k: saved[k] for k in state}
+        print(f"Resuming from {source}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
+    elif args.resume == "auto":
+        print(f"No checkpoint in {out}: starting a fresh run")
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config)
+    print(f"Training: {args.dataset}, {len(train_ds)} images in {num_classes} classes, {args.epochs} epochs x "
+          f"{steps_per_epoch} steps, batch {args.batch_size}, {args.optimizer} lr {args.lr:g}, {args.scheduler} schedule")
+    print(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
+
+    def checkpoint(name: str, epoch: int, step_in_epoch: int) -> None:
+        state.update(epoch=epoch, step_in_epoch=step_in_epoch)
+        save_checkpoint(out / name, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                     "rng": rng_state(), "config": config, **state})
+
+    for epoch in range(state["epoch"], args.epochs):
+        start = state["step_in_epoch"]
+        if start == 0:
+            state["epoch_totals"] = new_epoch_totals()
+        sampler.set_epoch(epoch, start * args.batch_size)
+
+        def on_step(i: int, epoch=epoch, start=start) -> None:
+            state["lr_trace"].append(optimizer.param_groups[0]["lr"])
+            done = start + i + 1
+            if args.checkpoint_every and done % args.checkpoint_every == 0 and done < steps_per_epoch:
+                checkpoint("last.pt", epoch, done)
+
+        train_metrics = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, scaler, device,
+                                        amp_dtype, channels_last, state["epoch_totals"], on_step,
+                                        desc=f"epoch {epoch + 1}/{args.epochs}")
+        val_metrics = evaluate(model, val_loader, criterion, device, amp_dtype, channels_last)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_metrics, **val_metrics}
+        state["history"].append(row)
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.2f}% | "
+              f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% | "
+              f"{row['images_per_second']} img/s", flush=True)
+        is_best = row["val_top1"] > state["best_top1"]
+        if is_best:
+            state["best_top1"] = row["val_top1"]
+        checkpoint("last.pt", epoch + 1, 0)
+        if is_best:
+            checkpoint("best.pt", epoch + 1, 0)
+        atomic_write_text(out / "metrics.csv", metrics_csv(state["history"]))
+        if not args.no_plots:
+            plot_training(out / "training_curves.png", state["history"], state["lr_trace"])
+
+    if state["history"]:
+        print(f"Best val top-1 {state['best_top1']:.2f}%. Outputs in {out}: metrics.csv, "
+              f"{'' if args.no_plots else 'training_curves.png, '}config.json, last.pt, best.pt")
+    return 0

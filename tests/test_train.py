@@ -1,0 +1,171 @@
+"""Training: schedules against their formulas, metrics, checkpoints, kill-and-resume, --lr_from."""
+
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, make_image_folder, run_cli
+from train import build_scheduler, lr_multiplier, read_lr_from, topk_correct
+from errors import UserInputError
+
+TRAIN = ["--lr", "0.02", "--epochs", "2", "--input_size", "32", "--batch_size", "4", "--num_workers", "0",
+         "--precision", "fp32", "--seed", "1"]
+
+
+def lrs_of(scheduler_name, steps, **kw):
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    sched = build_scheduler(opt, scheduler_name, 0.1, **kw)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+def test_cosine_follows_half_cosine_per_iteration():
+    got = lrs_of("cosine", 10, epochs=2, steps_per_epoch=5)
+    assert got == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+
+
+def test_linear_warmup_then_cosine():
+    got = lrs_of("cosine", 8, epochs=4, steps_per_epoch=2, warmup_epochs=1)
+    assert got[:2] == pytest.approx([0.05, 0.1])
+    assert got[2:] == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+
+
+def test_step_decays_at_epoch_boundaries():
+    got = lrs_of("step", 9, epochs=3, steps_per_epoch=3, step_size=1, gamma=0.5)
+    assert got == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 3)
+    assert lr_multiplier(7, "none", 9, 3) == 1.0
+
+
+def test_onecycle_peaks_at_lr_and_anneals():
+    got = lrs_of("onecycle", 20, epochs=2, steps_per_epoch=10)
+    assert got[0] == pytest.approx(0.1 / 25)
+    assert max(got) == pytest.approx(0.1, rel=1e-3) and got.index(max(got)) in (5, 6)  # 30% of 20 steps
+    assert got[-1] < got[10] < max(got)
+
+
+def test_topk_on_a_hand_made_batch():
+    logits = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0],   # top-1: 1
+                           [0.5, 0.1, 0.4, 0.3, 0.2, 0.0],   # 2 is 2nd
+                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])  # 0 is last (6th)
+    assert topk_correct(logits, torch.tensor([1, 2, 0])) == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = make_image_folder(root / "data")
+    proc = run_cli("main.py", "--data_dir", data, "--output_dir", root / "full", *TRAIN)
+    assert proc.returncode == 0, proc.stderr
+    return root, data, proc
+
+
+def rows(path):
+    return list(csv.DictReader(path.open()))
+
+
+def test_two_epochs_write_metrics_plot_config_and_checkpoints(trained):
+    root, _, proc = trained
+    out = root / "full"
+    metrics = rows(out / "metrics.csv")
+    assert [r["epoch"] for r in metrics] == ["1", "2"]
+    assert all(0 <= float(r["val_top1"]) <= float(r["val_top5"]) <= 100 for r in metrics)
+    assert float(metrics[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # cosine ends at zero
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 0.02 and config["num_classes"] == 3 and config["scheduler"] == "cosine"
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["step_in_epoch"] == 0 and len(last["lr_trace"]) == 12
+    assert best["best_top1"] == max(float(r["val_top1"]) for r in metrics)
+    assert "epoch 2/2: train loss" in proc.stdout
+
+
+def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(trained):
+    root, data, _ = trained
+    out = root / "killed"
+    cmd = [sys.executable, str(REPO / "main.py"), "--data_dir", str(data), "--output_dir", str(out), *TRAIN,
+           "--checkpoint_every", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                state = torch.load(out / "last.pt", weights_only=True)
+                if state["epoch"] * 6 + state["step_in_epoch"] >= 3:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            except (FileNotFoundError, RuntimeError, EOFError):
+                pass
+            time.sleep(0.01)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    killed_at = torch.load(out / "last.pt", weights_only=True)
+    assert (killed_at["epoch"], killed_at["step_in_epoch"]) != (2, 0)
+
+    resumed = run_cli("main.py", "--data_dir", data, "--output_dir", out, *TRAIN, "--checkpoint_every", "1",
+                      "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in resumed.stdout
+    full, again = rows(root / "full" / "metrics.csv"), rows(out / "metrics.csv")
+    for a, b in zip(full, again, strict=True):
+        for key in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
+    w_full = torch.load(root / "full" / "last.pt", weights_only=True)["model"]
+    w_again = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(w_full[k].float(), w_again[k].float(), atol=1e-5) for k in w_full)
+
+
+def test_resume_refuses_other_settings_and_names_them(trained, capsys):
+    import main
+
+    root, data, _ = trained
+    argv = ["--data_dir", str(data), "--output_dir", str(root / "full"), *TRAIN, "--resume", "auto"]
+    argv[argv.index("0.02")] = "0.05"
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was made with other settings (lr: checkpoint 0.02 vs now 0.05)" in err[0]
+
+
+@pytest.mark.parametrize("content,message", [(None, "no such checkpoint file"),
+                                             (b"not a checkpoint", "not a readable checkpoint")])
+def test_missing_or_corrupt_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys, content, message):
+    import main
+
+    data = make_image_folder(tmp_path / "data", per_class=2, val_per_class=1)
+    ckpt = tmp_path / "last.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    assert main.main(["--data_dir", str(data), "--output_dir", str(tmp_path / "o"), *TRAIN, "--resume", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(ckpt) in err[0]
+    assert not (tmp_path / "o" / "metrics.csv").exists()
+
+
+def test_lr_from_reads_the_finder_json(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"success": True, "suggested_lr": 0.0123}))
+    assert read_lr_from(str(good)) == 0.0123
+    failed = tmp_path / "failed.json"
+    failed.write_text(json.dumps({"success": False, "error": "error: no suggestion", "suggested_lr": None}))
+    with pytest.raises(UserInputError, match=r"that sweep did not succeed \(error: no suggestion\)"):
+        read_lr_from(str(failed))
+    with pytest.raises(UserInputError, match="cannot read it"):
+        read_lr_from(str(tmp_path / "absent.json"))
+
+
+def test_lr_from_and_lr_together_is_refused():
+    proc = run_cli("main.py", "--lr_from", "x.json", "--lr", "0.1")
+    assert proc.returncode == 2 and "--lr_from gives the learning rate" in proc.stderr
