@@ -104,3 +104,15 @@ def test_runtime_input_errors_are_one_line_and_write_nothing(image_folder, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (out / "suggested_lr.json").exists()
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(image_folder, tmp_path, capsys):
+    import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = ["--find_lr", "--data_dir", str(image_folder), "--lr_plot", str(blocker / "sub" / "p.png"), *FAST]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {blocker / 'sub'}: cannot write results there (Not a directory); "
+                   "choose another --lr_plot folder"]
