@@ -145,6 +145,7 @@ def run_find_lr(args) -> tuple[int, float | None]:
         "lr_step_mode": args.lr_step_mode,
         "steps_run": sweep.steps_run,
         "stop_reason": sweep.stop_reason,
+        "stop_step": sweep.stop_step,
         "stop_lr": sweep.stop_lr,
         "diverged": sweep.stop_reason in ("diverged", "non_finite_loss"),
         "curve": "validation" if args.lr_advanced else "training",

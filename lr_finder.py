@@ -162,6 +162,7 @@ class Sweep:
     raw_losses: list[float]  # training loss of each step
     val_losses: list[float] = field(default_factory=list)  # advanced mode
     stop_reason: str = "completed"
+    stop_step: int | None = None  # the step (0-based) at which the stop was decided
     stop_lr: float | None = None
     skipped_steps: list[int] = field(default_factory=list)
     bad_images: int = 0
@@ -295,9 +296,10 @@ class RangeTest(LRFinder):
                                 diverge_th=diverge_th)
             if len(self.history["lr"]) < num_iter:
                 result.stop_reason = "diverged"
-                result.stop_lr = self.history["lr"][-1]
+                result.stop_step, result.stop_lr = len(self.history["lr"]) - 1, self.history["lr"][-1]
         except SweepStopped as stop:
             result.stop_reason, result.stop_lr = stop.reason, stop.lr
+            result.stop_step = len(self.history["lr"])
         finally:
             result.lrs = [float(x) for x in self.history["lr"]]
             result.losses = [float(x) for x in self.history["loss"]]

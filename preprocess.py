@@ -39,9 +39,20 @@ class BadImageError(Exception):
     pass
 
 
+def is_truncated_jpeg(data: np.ndarray) -> bool:
+    """A JPEG stream without its end-of-image marker near the end was cut short: OpenCV would
+    still return it, with the missing part grey."""
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    tail = data[-1024:].tobytes()
+    return b"\xff\xd9" not in tail
+
+
 def decode_rgb(path: str) -> np.ndarray:
     """An HxWx3 uint8 RGB array from any image file OpenCV reads (grey and CMYK included)."""
     data = np.fromfile(path, dtype=np.uint8)
+    if is_truncated_jpeg(data):
+        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise BadImageError(f"{path}: not a readable image")

@@ -94,7 +94,7 @@ def _results_text(result: dict) -> str:
         lines.append(f"Suggested LR       : {result['suggested_lr']:.2e} ({result.get('suggestion_method')})")
     for name, lr in (result.get("suggestions") or {}).items():
         lines.append(f"  {name:<17}: {_fmt(lr)}")
-    keys = ["confidence", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_lr", "steps_run",
+    keys = ["confidence", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_step", "stop_lr", "steps_run",
             "lr_iter", "lr_finder_epochs", "bad_images", "skipped_steps", "device", "precision",
             "global_batch_size", "elapsed_s", "images_per_second", "plot_file", "history_file", "log_file"]
     lines += [f"{k:<19}: {_fmt(result[k])}" for k in keys if result.get(k) is not None]

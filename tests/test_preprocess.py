@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import make_image_folder
 from errors import UserInputError
-from preprocess import (IMAGENET_MEAN, IMAGENET_STD, balanced_subset, build_datasets, build_loader,
+from preprocess import (BadImageError, IMAGENET_MEAN, IMAGENET_STD, balanced_subset, build_datasets, build_loader,
                         build_train_transform, build_val_transform, decode_rgb, resize_size, to_model_input)
 
 
@@ -90,6 +90,14 @@ def test_training_loader_drops_the_last_partial_batch_and_refuses_oversized_batc
     assert len(build_loader(train, 4, True, 0, torch.device("cpu"))) == 2  # 9 images -> 2 full batches
     with pytest.raises(UserInputError, match="--batch_size 16 is larger than the 9 training images"):
         build_loader(train, 16, True, 0, torch.device("cpu"))
+
+
+def test_truncated_jpeg_is_rejected(tmp_path):
+    path = tmp_path / "cut.JPEG"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(BadImageError, match="cut.JPEG: truncated JPEG"):
+        decode_rgb(str(path))
 
 
 def test_unreadable_files_are_skipped_with_a_warning(tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_a_nan_loss_stops_the_sweep_at_once_and_is_excluded():
     finder, _ = make_finder(NanAfter(5))
     sweep = finder.sweep(loader(), 1e-4, 1e-1, num_iter=20, diverge_th=1e9)
     assert sweep.stop_reason == "non_finite_loss"
-    assert sweep.steps_run == 5 and len(sweep.raw_losses) == 5
+    assert sweep.steps_run == 5 and len(sweep.raw_losses) == 5 and sweep.stop_step == 5
     assert all(math.isfinite(x) for x in sweep.losses)
     assert sweep.stop_lr == pytest.approx(1e-4 * (1e3 ** (5 / 19)))  # the 6th step's rate
 
@@ -74,7 +74,7 @@ def test_interrupt_keeps_the_steps_done_and_restores_the_model():
     finder, model = make_finder(stop_requested=stop_after_three)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sweep = finder.sweep(loader(), 1e-4, 1.0, num_iter=20)
-    assert sweep.stop_reason == "interrupted" and sweep.steps_run == 3
+    assert sweep.stop_reason == "interrupted" and sweep.steps_run == 3 and sweep.stop_step == 3
     assert len(sweep.raw_losses) == len(sweep.lrs) == len(sweep.losses) == 3
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
