@@ -20,9 +20,9 @@ from errors import UserInputError
 from lr_finder import RangeTest, SuggestionError, analyse, confidence, onecycle_max_lr, plot_sweep, smooth, \
     spread_decades, suggest_all
 from model_resnet50 import create_model
-from preprocess import build_datasets, build_loader
+from preprocess import EpochSampler, build_datasets, build_loader
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
-from runtime import AMP_DTYPES, seed_everything, select_device, select_precision
+from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_ddp
 from train import build_optimizer
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -48,20 +48,26 @@ def ensure_writable(folder: str) -> None:
 
 
 class StopOnSignal:
-    """SIGINT/SIGTERM ask the sweep to stop after the current step; a second one aborts."""
+    """SIGINT/SIGTERM ask the sweep to stop after the current step. Alone, a second signal
+    aborts; under torchrun it is ignored, because torchrun answers a Ctrl-C by sending its
+    workers SIGTERM, and they must still finish the step and write their results."""
 
-    def __init__(self):
+    def __init__(self, abort_on_second: bool = True):
         self.signum = None
+        self.abort_on_second = abort_on_second
 
     def __call__(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if self.abort_on_second:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
+        again = "send it again to abort" if self.abort_on_second else "the job ends when results are written"
         print(f"\n{signal.Signals(signum).name} received: stopping after this step and saving results "
-              "(send it again to abort)", file=sys.stderr, flush=True)
+              f"({again})", file=sys.stderr, flush=True)
 
     def __enter__(self):
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -95,34 +101,42 @@ def summarise(sweep, method: str) -> dict:
     }
 
 
-def run_find_lr(args) -> tuple[int, float | None]:
-    """Run the sweep and write its results; returns (exit code, suggested learning rate)."""
+def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
+    """Run the sweep and write its results (rank 0); returns (exit code, suggested learning rate)."""
     paths = output_paths(args.lr_plot)
-    ensure_writable(os.path.dirname(args.lr_plot) or ".")
-    device = select_device(args.no_cuda)
+    if dist.is_main:
+        ensure_writable(os.path.dirname(args.lr_plot) or ".")
+    device = dist.device
+    say = print if dist.is_main else (lambda *a, **k: None)
     precision, why = select_precision(args.precision, device)
     channels_last = not args.no_channels_last
     seed_everything(args.seed)
 
     train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples,
                                       args.seed, need_val=args.lr_advanced)
-    train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed)
-    val_loader = (build_loader(val_ds, args.batch_size, False, 0, device, args.seed)
-                  if args.lr_advanced else None)
+    sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
+    train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
+    val_loader = None
+    if args.lr_advanced:
+        val_sampler = EpochSampler(len(val_ds), args.seed, False, dist.rank, dist.world_size)
+        val_loader = build_loader(val_ds, args.batch_size, False, 0, device, args.seed, val_sampler)
     num_iter = len(train_loader) * args.epochs if args.lr_iter == "epoch" else args.lr_iter
     num_classes = len(train_ds.classes)
+    global_batch = args.batch_size * dist.world_size
 
-    model = create_model(num_classes, args.input_size, device, channels_last,
-                         pretrained=args.use_pretrained, weights_path=args.pretrained_path)
+    model = wrap_ddp(create_model(num_classes, args.input_size, device, channels_last,
+                                  pretrained=args.use_pretrained, weights_path=args.pretrained_path),
+                     dist, args.sync_bn)
     optimizer = build_optimizer(model, args.optimizer, args.lr_start, args.momentum, args.weight_decay)
-    print(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "
-          f"batch {args.batch_size}, {num_iter} steps from {args.lr_start:g} to {args.lr_end:g} ({args.lr_step_mode})")
-    print(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
+    say(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "
+        f"batch {args.batch_size} x {dist.world_size} process(es) = {global_batch}, {num_iter} steps "
+        f"from {args.lr_start:g} to {args.lr_end:g} ({args.lr_step_mode})")
+    say(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
 
     started = time.perf_counter()
-    with StopOnSignal() as stop:
+    with StopOnSignal(abort_on_second=not dist.enabled) as stop:
         finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device, amp_dtype=AMP_DTYPES[precision],
-                           channels_last=channels_last, stop_requested=stop)
+                           channels_last=channels_last, stop_requested=stop, dist=dist)
         try:
             sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
                                  args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
@@ -136,8 +150,8 @@ def run_find_lr(args) -> tuple[int, float | None]:
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "batch_size": args.batch_size,
-        "world_size": 1,
-        "global_batch_size": args.batch_size,
+        "world_size": dist.world_size,
+        "global_batch_size": global_batch,
         "lr_finder_epochs": round(sweep.steps_run / len(train_loader), 4),
         "lr_start": args.lr_start,
         "lr_end": args.lr_end,
@@ -156,7 +170,7 @@ def run_find_lr(args) -> tuple[int, float | None]:
         "channels_last": channels_last,
         "seed": args.seed,
         "elapsed_s": round(elapsed, 2),
-        "images_per_second": round(sweep.steps_run * args.batch_size / elapsed, 1) if elapsed > 0 else None,
+        "images_per_second": round(sweep.steps_run * global_batch / elapsed, 1) if elapsed > 0 else None,
         **{k: v for k, v in paths.items() if k != "json_file"},
     }
     result.update(summarise(sweep, args.lr_suggest))
@@ -165,11 +179,24 @@ def run_find_lr(args) -> tuple[int, float | None]:
             result["suggestions_training_curve"] = suggest_all(sweep.lrs, smooth(sweep.raw_losses, args.lr_smooth_f))
         except SuggestionError:
             result["suggestions_training_curve"] = None
-    write_results(args, paths, sweep, result)
-    report_to_user(result, paths)
+    write_rank_history(sweep, dist)
+    if dist.is_main:
+        write_results(args, paths, sweep, result)
+        report_to_user(result, paths)
+    suggested = dist.broadcast(result["suggested_lr"])
     if sweep.stop_reason == "interrupted":
-        return SIGNAL_EXIT_CODES[stop.signum], None
-    return (0, result["suggested_lr"]) if result["success"] else (2, None)
+        return SIGNAL_EXIT_CODES.get(stop.signum, 130), None
+    return (0, suggested) if result["success"] else (2, None)
+
+
+def write_rank_history(sweep, dist: Distributed) -> None:
+    """Test-only: with LR_FINDER_DEBUG_RANK_HISTORY=DIR each rank writes the curve it saw, so a
+    test can check that all ranks recorded the same one."""
+    folder = os.environ.get("LR_FINDER_DEBUG_RANK_HISTORY")
+    if folder:
+        atomic_write_json(Path(folder) / f"rank{dist.rank}.json", json_safe(
+            {"lrs": sweep.lrs, "losses": sweep.losses, "raw_losses": sweep.raw_losses,
+             "stop_reason": sweep.stop_reason, "world_size": dist.world_size}))
 
 
 def write_results(args, paths: dict, sweep, result: dict) -> None:

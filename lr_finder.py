@@ -18,6 +18,7 @@ from torch_lr_finder.lr_finder import StateCacher
 
 from errors import UserInputError
 from preprocess import MAX_BAD_FRACTION, to_model_input
+from runtime import Distributed, unwrap
 
 SUGGESTION_METHODS = ("steepest", "valley", "minimum")
 MIN_POINTS = 5
@@ -203,11 +204,6 @@ class CountingTrainIter(TrainDataLoaderIter):
         images, labels, skipped = batch_data
         self.bad += int(skipped.sum())
         self.seen += len(labels)
-        if self.bad > MAX_BAD_FRACTION * max(self.seen, len(self.dataset)):
-            raise UserInputError(
-                f"{self.bad} unreadable images in {self.seen} read (over {MAX_BAD_FRACTION:.0%}): "
-                "the data looks broken; see the warnings above for the files"
-            )
         return images, labels
 
 
@@ -231,7 +227,7 @@ class RangeTest(LRFinder):
     NaN-safe stopping, interruption and a CPU-side cache of the initial state."""
 
     def __init__(self, model, optimizer, criterion, device, amp_dtype=None, channels_last=True,
-                 stop_requested=lambda: False, reduce_loss=lambda x: x):
+                 stop_requested=lambda: False, dist: Distributed | None = None):
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         amp_config = {"device_type": device.type, "dtype": amp_dtype, "enabled": amp_dtype is not None}
         super().__init__(model, optimizer, criterion, device=device, memory_cache=True,
@@ -241,8 +237,9 @@ class RangeTest(LRFinder):
         self.state_cacher.store("optimizer", self.optimizer.state_dict())
         self.channels_last = channels_last
         self.stop_requested = stop_requested
-        self.reduce_loss = reduce_loss
+        self.dist = dist or Distributed(device=device)
         self._sweep: Sweep | None = None
+        self._stop_next = False
 
     def reset(self):
         super().reset()
@@ -256,27 +253,41 @@ class RangeTest(LRFinder):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _train_batch(self, train_iter, accumulation_steps, non_blocking_transfer=True):
-        # Checked before the step so every recorded step has both its lr and its loss.
-        if self.stop_requested():
+        if self._stop_next:
             raise SweepStopped("interrupted")
         scale = self.grad_scaler.get_scale() if self.grad_scaler.is_enabled() else None
-        loss = self.reduce_loss(super()._train_batch(train_iter, accumulation_steps, non_blocking_transfer))
+        local = super()._train_batch(train_iter, accumulation_steps, non_blocking_transfer)
+        # One all-reduce carries the loss, any rank's stop request and the bad-file counts:
+        # the loss is averaged *before* smoothing, so every rank records the same curve and
+        # takes every decision below at the same step; no rank is left waiting for another.
+        loss_sum, stops, bad, seen = self.dist.all_reduce_sum(
+            [local, float(self.stop_requested()), train_iter.bad, train_iter.seen])
+        loss = loss_sum / self.dist.world_size
         self._sweep.raw_losses.append(loss)
+        self._sweep.bad_images = int(bad)
+        if bad > MAX_BAD_FRACTION * max(seen, len(train_iter.dataset)):
+            raise UserInputError(
+                f"{int(bad)} unreadable images in {int(seen)} read (over {MAX_BAD_FRACTION:.0%}): "
+                "the data looks broken; see the warnings above for the files")
         if scale is not None and self.grad_scaler.get_scale() < scale:
             self._sweep.skipped_steps.append(len(self._sweep.raw_losses) - 1)
         if not math.isfinite(loss):
             raise SweepStopped("non_finite_loss", self._current_lr())
+        if stops:
+            self._stop_next = True  # this step counts; the sweep ends before the next one
         return loss
 
     def _validate(self, val_iter, non_blocking_transfer=True):
         total, count = 0.0, 0
-        self.model.eval()
+        model = unwrap(self.model)  # no DDP collectives: ranks may hold different batch counts
+        model.eval()
         with torch.no_grad(), torch.amp.autocast(**self.amp_config):
             for inputs, labels in val_iter:
                 inputs, labels = self._move_to_device(inputs, labels, non_blocking_transfer)
-                total += self.criterion(self.model(inputs), labels).item() * len(labels)
+                total += self.criterion(model(inputs), labels).item() * len(labels)
                 count += len(labels)
-        loss = self.reduce_loss(total / count)
+        total, count = self.dist.all_reduce_sum([total, count])
+        loss = total / count
         self._sweep.val_losses.append(loss)
         if not math.isfinite(loss):
             raise SweepStopped("non_finite_loss", self._current_lr())
@@ -286,6 +297,7 @@ class RangeTest(LRFinder):
               diverge_th=5.0, val_loader=None, val_batches=2) -> Sweep:
         """Run the range test, then restore the initial model and optimizer state."""
         self._sweep = result = Sweep(lrs=[], losses=[], raw_losses=[])
+        self._stop_next = False
         train_iter = CountingTrainIter(train_loader)
         val_iter = FixedValBatches(val_loader, val_batches) if val_loader is not None else None
         library_output = io.StringIO()
@@ -305,7 +317,6 @@ class RangeTest(LRFinder):
             result.losses = [float(x) for x in self.history["loss"]]
             result.raw_losses = result.raw_losses[: len(result.lrs)]
             result.val_losses = result.val_losses[: len(result.lrs)]
-            result.bad_images = train_iter.bad
             self.reset()
         return result
 

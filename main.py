@@ -116,6 +116,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     runtime.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                          help="auto: bf16 where the GPU/CPU has it natively, fp16 on older GPUs, else fp32")
     runtime.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
+    runtime.add_argument("--sync_bn", action="store_true",
+                         help="under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)")
 
     output = parser.add_argument_group("Output")
     output.add_argument("--no_plots", action="store_true",
@@ -190,19 +192,23 @@ def run(args) -> int:
         model = model_resnet50.build_resnet50(STANDARD_CLASSES[args.dataset], args.input_size)
         model_resnet50.print_summary(model.to(device), args.input_size, device)
         return 0
+    from runtime import init_distributed, shutdown_distributed
     from train import run_training
 
-    if args.find_lr:
-        from find_lr import run_find_lr
+    dist = init_distributed(args.no_cuda)
+    try:
+        if args.find_lr:
+            from find_lr import run_find_lr
 
-        code, suggested = run_find_lr(args)
-        if code != 0 or not args.train:
-            return code
-        print(f"Training with the suggested learning rate {suggested:.3g}", flush=True)
-        args.lr = suggested
-        return run_training(args)
-
-    return run_training(args)
+            code, suggested = run_find_lr(args, dist)
+            if code != 0 or not args.train:
+                return code
+            if dist.is_main:
+                print(f"Training with the suggested learning rate {suggested:.3g}", flush=True)
+            args.lr = suggested
+        return run_training(args, dist)
+    finally:
+        shutdown_distributed()
 
 
 def main(argv=None) -> int:

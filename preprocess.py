@@ -277,9 +277,11 @@ class EpochSampler(Sampler):
     ranks; yields (position, augmentation seed) so a resumed epoch sees the very same
     images with the very same augmentations."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 advance_each_pass: bool = False):
         self.size, self.seed, self.shuffle = size, seed, shuffle
         self.rank, self.world_size = rank, world_size
+        self.advance_each_pass = advance_each_pass  # for loaders that are simply cycled (the range test)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -296,8 +298,11 @@ class EpochSampler(Sampler):
         return order[self.rank::self.world_size]
 
     def __iter__(self):
+        positions, start = self._positions(), self.start
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-        for position in self._positions()[self.start:]:
+        if self.advance_each_pass:
+            self.set_epoch(self.epoch + 1)
+        for position in positions[start:]:
             yield position, (base + position) % 2**32
 
     def __len__(self) -> int:
@@ -317,9 +322,11 @@ def _seed_worker(worker_id: int) -> None:
 def build_loader(dataset: AugmentedImages, batch_size: int, train: bool, num_workers: int,
                  device: torch.device, seed: int = 0, sampler=None) -> DataLoader:
     """Shuffled, drop_last loader for training; ordered, complete loader for evaluation."""
-    if train and batch_size > len(dataset):
+    available = len(sampler) if sampler is not None else len(dataset)
+    if train and batch_size > available:
+        per_process = " per process" if getattr(sampler, "world_size", 1) > 1 else ""
         raise UserInputError(
-            f"--batch_size {batch_size} is larger than the {len(dataset)} training images "
+            f"--batch_size {batch_size} is larger than the {available} training images{per_process} "
             "(after --max_samples); lower --batch_size or use more data"
         )
     workers = default_num_workers(num_workers)

@@ -1,11 +1,14 @@
-"""Device, numeric precision and seeding: the facts about the machine a run adapts to.
+"""Device, numeric precision, seeding and the torchrun process group: the facts about the
+machine(s) a run adapts to.
 
-    device = select_device(no_cuda=False)
-    precision, why = select_precision("auto", device)
+    dist = init_distributed(no_cuda=False)       # rank 0 of 1 unless started by torchrun
+    precision, why = select_precision("auto", dist.device)
 """
 
 import os
 import random
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +59,84 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------ torchrun / DDP
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all ranks (identity when alone)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def all_reduce_max(self, value: float) -> float:
+        if not self.enabled:
+            return float(value)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        holder = [obj]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+
+def init_distributed(no_cuda: bool) -> Distributed:
+    """Join the torchrun process group if this process was started by torchrun: NCCL with one
+    GPU per process, gloo on the CPU. Ranks other than 0 keep their progress bars quiet."""
+    device = select_device(no_cuda)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timedelta(minutes=30))
+    if rank != 0:
+        os.environ["TQDM_DISABLE"] = "1"
+    return Distributed(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DistributedDataParallel wrapper."""
+    return getattr(model, "module", model)
+
+
+def wrap_ddp(model: torch.nn.Module, dist: Distributed, sync_bn: bool = False) -> torch.nn.Module:
+    if not dist.enabled:
+        return model
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

@@ -23,9 +23,9 @@ from errors import UserInputError
 from model_resnet50 import create_model
 from preprocess import EpochSampler, build_datasets, build_loader, to_model_input
 from report import atomic_savefig, atomic_write_json, atomic_write_text
-from runtime import AMP_DTYPES, seed_everything, select_device, select_precision
+from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_ddp
 
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
                  "epoch_time_s", "images_per_second"]
 
 
@@ -87,9 +87,10 @@ def new_epoch_totals() -> dict:
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, amp_dtype, channels_last,
-                    totals: dict, on_step=None, desc="train") -> dict:
+                    totals: dict, dist: Distributed, on_step=None, desc="train") -> dict:
     """One pass (or the rest of one, continuing ``totals``); ``on_step(i)`` runs after each
-    optimizer step, when ``totals`` is up to date (that is where checkpoints are taken)."""
+    optimizer step, when ``totals`` is up to date (that is where checkpoints are taken).
+    The returned metrics are over all ranks."""
     model.train()
     started, elapsed_before = time.perf_counter(), totals["elapsed"]
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
@@ -111,13 +112,16 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, devi
                         img_s=f"{totals['seen'] / totals['elapsed']:.1f}")
         if on_step is not None:
             on_step(i)
-    seen, elapsed = max(totals["seen"], 1), totals["elapsed"]
-    return {"train_loss": totals["loss_sum"] / seen, "train_top1": 100.0 * totals["correct"] / seen,
+    loss_sum, correct, seen = dist.all_reduce_sum([totals["loss_sum"], totals["correct"], totals["seen"]])
+    elapsed, seen = dist.all_reduce_max(totals["elapsed"]), max(seen, 1)
+    return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
             "epoch_time_s": round(elapsed, 2), "images_per_second": round(seen / elapsed, 1) if elapsed else 0.0}
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, amp_dtype, channels_last) -> dict:
+def evaluate(model, loader, criterion, device, amp_dtype, channels_last, dist: Distributed) -> dict:
+    """Loss, top-1 and top-5 over the whole validation set (each rank evaluates its shard)."""
+    model = unwrap(model)  # no DDP collectives: shards may differ in size by one image
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     for images, labels, _ in tqdm(loader, desc="val", unit="batch", leave=False, dynamic_ncols=True):
@@ -127,8 +131,9 @@ def evaluate(model, loader, criterion, device, amp_dtype, channels_last) -> dict
         loss_sum += criterion(logits.float(), y).item() * len(y)
         c1, c5 = topk_correct(logits, y)
         top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
+    loss_sum, top1, top5, seen = dist.all_reduce_sum([loss_sum, top1, top5, seen])
     return {"val_loss": loss_sum / max(seen, 1), "val_top1": 100.0 * top1 / max(seen, 1),
-            "val_top5": 100.0 * top5 / max(seen, 1), "val_images": seen}
+            "val_top5": 100.0 * top5 / max(seen, 1), "val_images": int(seen)}
 
 
 # ------------------------------------------------------------------- the fit loop
@@ -151,10 +156,10 @@ def read_lr_from(path: str) -> float:
     return float(lr)
 
 
-def resolved_config(args, num_classes: int, precision: str) -> dict:
+def resolved_config(args, num_classes: int, precision: str, world_size: int) -> dict:
     config = {k: v for k, v in sorted(vars(args).items())}
     config.update(num_classes=num_classes, precision=precision, channels_last=not args.no_channels_last,
-                  world_size=1)
+                  world_size=world_size, global_batch_size=args.batch_size * world_size)
     return config
 
 
@@ -191,25 +196,29 @@ def plot_training(path: Path, history: list[dict], lr_trace: list[float]) -> Non
     plt.close(fig)
 
 
-def run_training(args) -> int:
+def run_training(args, dist: Distributed) -> int:
+    """Train and evaluate every epoch; rank 0 alone prints and writes files."""
     if args.lr_from:
         args.lr = read_lr_from(args.lr_from)
     out = Path(args.output_dir)
-    device = select_device(args.no_cuda)
+    device = dist.device
+    say = print if dist.is_main else (lambda *a, **k: None)
     precision, why = select_precision(args.precision, device)
     amp_dtype, channels_last = AMP_DTYPES[precision], not args.no_channels_last
     seed_everything(args.seed)
 
     train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples, args.seed)
-    sampler = EpochSampler(len(train_ds), args.seed)
-    train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler=sampler)
-    val_loader = build_loader(val_ds, args.batch_size, False, args.num_workers, device, args.seed)
+    sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size)
+    val_sampler = EpochSampler(len(val_ds), args.seed, False, dist.rank, dist.world_size)
+    train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
+    val_loader = build_loader(val_ds, args.batch_size, False, args.num_workers, device, args.seed, val_sampler)
     steps_per_epoch = len(train_loader)
     num_classes = len(train_ds.classes)
-    config = resolved_config(args, num_classes, precision)
+    config = resolved_config(args, num_classes, precision, dist.world_size)
 
-    model = create_model(num_classes, args.input_size, device, channels_last,
-                         pretrained=args.use_pretrained, weights_path=args.pretrained_path)
+    model = wrap_ddp(create_model(num_classes, args.input_size, device, channels_last,
+                                  pretrained=args.use_pretrained, weights_path=args.pretrained_path),
+                     dist, args.sync_bn)
     criterion = nn.CrossEntropyLoss()
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     scheduler = build_scheduler(optimizer, args.scheduler, args.lr, args.epochs, steps_per_epoch,
@@ -225,27 +234,38 @@ def run_training(args) -> int:
         if differences:
             raise UserInputError(f"{source}: was made with other settings ({'; '.join(differences)}); "
                                  "resume with the same flags or use another --output_dir")
-        model.load_state_dict(saved["model"])
+        unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         restore_rng_state(saved["rng"])
         state = {k: saved[k] for k in state}
-        print(f"Resuming from {source}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
+        if not dist.is_main:  # the checkpoint's partial-epoch sums are global: rank 0 carries them
+            state["epoch_totals"] = new_epoch_totals()
+        say(f"Resuming from {source}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
     elif args.resume == "auto":
-        print(f"No checkpoint in {out}: starting a fresh run")
+        say(f"No checkpoint in {out}: starting a fresh run")
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config)
-    print(f"Training: {args.dataset}, {len(train_ds)} images in {num_classes} classes, {args.epochs} epochs x "
-          f"{steps_per_epoch} steps, batch {args.batch_size}, {args.optimizer} lr {args.lr:g}, {args.scheduler} schedule")
-    print(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config)
+    say(f"Training: {args.dataset}, {len(train_ds)} images in {num_classes} classes, {args.epochs} epochs x "
+        f"{steps_per_epoch} steps, batch {args.batch_size} x {dist.world_size} process(es), "
+        f"{args.optimizer} lr {args.lr:g}, {args.scheduler} schedule")
+    say(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
 
-    def checkpoint(name: str, epoch: int, step_in_epoch: int) -> None:
+    def checkpoint(names: list[str], epoch: int, step_in_epoch: int) -> None:
+        """Every rank joins the reduction of the partial-epoch sums; rank 0 writes."""
         state.update(epoch=epoch, step_in_epoch=step_in_epoch)
-        save_checkpoint(out / name, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                     "rng": rng_state(), "config": config, **state})
+        totals = state["epoch_totals"]
+        global_totals = dict(zip(totals, dist.all_reduce_sum(list(totals.values()))))
+        global_totals["elapsed"] = totals["elapsed"]
+        if dist.is_main:
+            for name in names:
+                save_checkpoint(out / name, {
+                    "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                    "config": config, **state, "epoch_totals": global_totals})
 
     for epoch in range(state["epoch"], args.epochs):
         start = state["step_in_epoch"]
@@ -257,28 +277,28 @@ def run_training(args) -> int:
             state["lr_trace"].append(optimizer.param_groups[0]["lr"])
             done = start + i + 1
             if args.checkpoint_every and done % args.checkpoint_every == 0 and done < steps_per_epoch:
-                checkpoint("last.pt", epoch, done)
+                checkpoint(["last.pt"], epoch, done)
 
         train_metrics = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, scaler, device,
-                                        amp_dtype, channels_last, state["epoch_totals"], on_step,
+                                        amp_dtype, channels_last, state["epoch_totals"], dist, on_step,
                                         desc=f"epoch {epoch + 1}/{args.epochs}")
-        val_metrics = evaluate(model, val_loader, criterion, device, amp_dtype, channels_last)
+        val_metrics = evaluate(model, val_loader, criterion, device, amp_dtype, channels_last, dist)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_metrics, **val_metrics}
         state["history"].append(row)
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.2f}% | "
-              f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% | "
-              f"{row['images_per_second']} img/s", flush=True)
+        say(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.2f}% | "
+            f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% "
+            f"({row['val_images']} images) | {row['images_per_second']} img/s", flush=True)
         is_best = row["val_top1"] > state["best_top1"]
         if is_best:
             state["best_top1"] = row["val_top1"]
-        checkpoint("last.pt", epoch + 1, 0)
-        if is_best:
-            checkpoint("best.pt", epoch + 1, 0)
-        atomic_write_text(out / "metrics.csv", metrics_csv(state["history"]))
-        if not args.no_plots:
-            plot_training(out / "training_curves.png", state["history"], state["lr_trace"])
+        state["epoch_totals"] = new_epoch_totals()
+        checkpoint(["last.pt", "best.pt"] if is_best else ["last.pt"], epoch + 1, 0)
+        if dist.is_main:
+            atomic_write_text(out / "metrics.csv", metrics_csv(state["history"]))
+            if not args.no_plots:
+                plot_training(out / "training_curves.png", state["history"], state["lr_trace"])
 
     if state["history"]:
-        print(f"Best val top-1 {state['best_top1']:.2f}%. Outputs in {out}: metrics.csv, "
-              f"{'' if args.no_plots else 'training_curves.png, '}config.json, last.pt, best.pt")
+        say(f"Best val top-1 {state['best_top1']:.2f}%. Outputs in {out}: metrics.csv, "
+            f"{'' if args.no_plots else 'training_curves.png, '}config.json, last.pt, best.pt")
     return 0

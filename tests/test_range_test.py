@@ -74,8 +74,9 @@ def test_interrupt_keeps_the_steps_done_and_restores_the_model():
     finder, model = make_finder(stop_requested=stop_after_three)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sweep = finder.sweep(loader(), 1e-4, 1.0, num_iter=20)
-    assert sweep.stop_reason == "interrupted" and sweep.steps_run == 3 and sweep.stop_step == 3
-    assert len(sweep.raw_losses) == len(sweep.lrs) == len(sweep.losses) == 3
+    # The request is seen after the 4th step: that step is kept, the 5th never starts.
+    assert sweep.stop_reason == "interrupted" and sweep.steps_run == 4 and sweep.stop_step == 4
+    assert len(sweep.raw_losses) == len(sweep.lrs) == len(sweep.losses) == 4
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -90,11 +91,41 @@ def test_completed_sweep_restores_model_and_optimizer_and_keeps_state_on_cpu():
     assert all(v.device.type == "cpu" for v in finder.state_cacher.retrieve("model").values())
 
 
-def test_loss_reducer_sees_every_step():
-    seen = []
-    finder, _ = make_finder(reduce_loss=lambda x: seen.append(x) or x)
-    sweep = finder.sweep(loader(), 1e-4, 1e-2, num_iter=6, diverge_th=1e9)
-    assert seen == sweep.raw_losses
+class TwoRanks:
+    """Stands in for a 2-process job: the other rank's loss turns NaN at its 4th step, and it
+    asks to stop at its 6th; sums are what torch.distributed.all_reduce would give."""
+
+    world_size = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def all_reduce_sum(self, values):
+        self.calls.append(list(values))
+        step = len(self.calls)
+        loss, stop, bad, seen = values
+        other = [float("nan") if step == 4 else 1.0, 0.0, 0.0, seen]
+        return [a + b for a, b in zip(values, other)]
+
+
+def test_losses_are_averaged_over_ranks_before_smoothing_and_a_nan_anywhere_stops_everyone():
+    ranks = TwoRanks()
+    finder, _ = make_finder(dist=ranks)
+    sweep = finder.sweep(loader(), 1e-4, 1e-2, num_iter=10, diverge_th=1e9)
+    local = [c[0] for c in ranks.calls]
+    assert sweep.raw_losses == pytest.approx([(x + 1.0) / 2 for x in local[:3]])
+    assert sweep.stop_reason == "non_finite_loss" and sweep.steps_run == 3
+
+
+def test_a_stop_request_on_any_rank_stops_all_after_that_step():
+    class OtherRankStops(TwoRanks):
+        def all_reduce_sum(self, values):
+            self.calls.append(list(values))
+            return [values[0] + 1.0, values[1] + (1.0 if len(self.calls) == 2 else 0.0), values[2], values[3] * 2]
+
+    finder, _ = make_finder(dist=OtherRankStops())
+    sweep = finder.sweep(loader(), 1e-4, 1e-2, num_iter=10, diverge_th=1e9)
+    assert sweep.stop_reason == "interrupted" and sweep.steps_run == 2
 
 
 def test_bad_image_counts_stop_a_broken_dataset():
