@@ -22,7 +22,7 @@ from lr_finder import RangeTest, SuggestionError, analyse, confidence, onecycle_
 from model_resnet50 import create_model
 from preprocess import EpochSampler, build_datasets, build_loader
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
-from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_ddp
+from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from train import build_optimizer
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -124,9 +124,9 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     num_classes = len(train_ds.classes)
     global_batch = args.batch_size * dist.world_size
 
-    model = wrap_ddp(create_model(num_classes, args.input_size, device, channels_last,
+    model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
                                   pretrained=args.use_pretrained, weights_path=args.pretrained_path),
-                     dist, args.sync_bn)
+                     dist, args.sync_bn, args.compile)
     optimizer = build_optimizer(model, args.optimizer, args.lr_start, args.momentum, args.weight_decay)
     say(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "
         f"batch {args.batch_size} x {dist.world_size} process(es) = {global_batch}, {num_iter} steps "

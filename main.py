@@ -116,6 +116,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     runtime.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                          help="auto: bf16 where the GPU/CPU has it natively, fp16 on older GPUs, else fp32")
     runtime.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
+    runtime.add_argument("--compile", action="store_true",
+                         help="wrap the model in torch.compile (slow first steps, faster after)")
     runtime.add_argument("--sync_bn", action="store_true",
                          help="under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)")
 

@@ -129,14 +129,17 @@ def shutdown_distributed() -> None:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside a DistributedDataParallel wrapper."""
+    """The plain module inside torch.compile and DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
 
 
-def wrap_ddp(model: torch.nn.Module, dist: Distributed, sync_bn: bool = False) -> torch.nn.Module:
-    if not dist.enabled:
-        return model
-    if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+def wrap_model(model: torch.nn.Module, dist: Distributed, sync_bn: bool = False,
+               compile_model: bool = False) -> torch.nn.Module:
+    """DDP under torchrun (SyncBatchNorm if asked), then torch.compile if asked."""
+    if dist.enabled:
+        if sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(model) if compile_model else model

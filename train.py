@@ -23,7 +23,7 @@ from errors import UserInputError
 from model_resnet50 import create_model
 from preprocess import EpochSampler, build_datasets, build_loader, to_model_input
 from report import atomic_savefig, atomic_write_json, atomic_write_text
-from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_ddp
+from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_model
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
                  "epoch_time_s", "images_per_second"]
@@ -216,9 +216,9 @@ def run_training(args, dist: Distributed) -> int:
     num_classes = len(train_ds.classes)
     config = resolved_config(args, num_classes, precision, dist.world_size)
 
-    model = wrap_ddp(create_model(num_classes, args.input_size, device, channels_last,
+    model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
                                   pretrained=args.use_pretrained, weights_path=args.pretrained_path),
-                     dist, args.sync_bn)
+                     dist, args.sync_bn, args.compile)
     criterion = nn.CrossEntropyLoss()
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     scheduler = build_scheduler(optimizer, args.scheduler, args.lr, args.epochs, steps_per_epoch,

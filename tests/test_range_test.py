@@ -137,3 +137,12 @@ def test_bad_image_counts_stop_a_broken_dataset():
     finder, _ = make_finder()
     with pytest.raises(UserInputError, match="unreadable images in 4 read"):
         finder.sweep(DataLoader(data, batch_size=4), 1e-4, 1e-2, num_iter=5)
+
+
+def test_unwrap_reaches_the_plain_module_through_compile():
+    from runtime import Distributed, unwrap, wrap_model
+
+    model = Tiny()
+    wrapped = wrap_model(model, Distributed(), compile_model=True)
+    assert wrapped is not model and unwrap(wrapped) is model
+    assert list(unwrap(wrapped).state_dict()) == ["fc.weight", "fc.bias"]
