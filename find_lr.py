@@ -13,7 +13,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from errors import UserInputError
@@ -125,8 +124,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     global_batch = args.batch_size * dist.world_size
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
-                                  pretrained=args.use_pretrained, weights_path=args.pretrained_path),
-                     dist, args.sync_bn, args.compile)
+                                    pretrained=args.use_pretrained, weights_path=args.pretrained_path),
+                       dist, args.sync_bn, args.compile)
     optimizer = build_optimizer(model, args.optimizer, args.lr_start, args.momentum, args.weight_decay)
     say(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "
         f"batch {args.batch_size} x {dist.world_size} process(es) = {global_batch}, {num_iter} steps "
@@ -137,14 +136,25 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     with StopOnSignal(abort_on_second=not dist.enabled) as stop:
         finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device, amp_dtype=AMP_DTYPES[precision],
                            channels_last=channels_last, stop_requested=stop, dist=dist)
-        try:
-            sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
-                                 args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
-        except torch.OutOfMemoryError:
-            raise UserInputError(f"out of memory on {device} at --batch_size {args.batch_size}; "
-                                 f"try --batch_size {max(1, args.batch_size // 2)}") from None
+        sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
+                             args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
     elapsed = time.perf_counter() - started
 
+    result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
+    write_rank_history(sweep, dist)
+    if dist.is_main:
+        write_results(args, paths, sweep, result)
+        report_to_user(result, paths)
+    suggested = dist.broadcast(result["suggested_lr"])
+    if sweep.stop_reason == "interrupted":
+        return SIGNAL_EXIT_CODES.get(stop.signum, 130), None
+    return (0, suggested) if result["success"] else (2, None)
+
+
+def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, batches_per_epoch: int,
+                 elapsed: float, precision: str) -> dict:
+    """Everything suggested_lr.json says about a sweep: settings, how it ended, suggestions."""
+    global_batch = args.batch_size * dist.world_size
     result = {
         "timestamp": datetime.now().isoformat(timespec="seconds"),
         "dataset": args.dataset,
@@ -152,7 +162,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         "batch_size": args.batch_size,
         "world_size": dist.world_size,
         "global_batch_size": global_batch,
-        "lr_finder_epochs": round(sweep.steps_run / len(train_loader), 4),
+        "lr_finder_epochs": round(sweep.steps_run / batches_per_epoch, 4),
         "lr_start": args.lr_start,
         "lr_end": args.lr_end,
         "lr_iter": num_iter,
@@ -165,9 +175,9 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         "curve": "validation" if args.lr_advanced else "training",
         "bad_images": sweep.bad_images,
         "skipped_steps": sweep.skipped_steps,
-        "device": str(device),
+        "device": str(dist.device),
         "precision": precision,
-        "channels_last": channels_last,
+        "channels_last": not args.no_channels_last,
         "seed": args.seed,
         "elapsed_s": round(elapsed, 2),
         "images_per_second": round(sweep.steps_run * global_batch / elapsed, 1) if elapsed > 0 else None,
@@ -179,14 +189,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
             result["suggestions_training_curve"] = suggest_all(sweep.lrs, smooth(sweep.raw_losses, args.lr_smooth_f))
         except SuggestionError:
             result["suggestions_training_curve"] = None
-    write_rank_history(sweep, dist)
-    if dist.is_main:
-        write_results(args, paths, sweep, result)
-        report_to_user(result, paths)
-    suggested = dist.broadcast(result["suggested_lr"])
-    if sweep.stop_reason == "interrupted":
-        return SIGNAL_EXIT_CODES.get(stop.signum, 130), None
-    return (0, suggested) if result["success"] else (2, None)
+    return result
 
 
 def write_rank_history(sweep, dist: Distributed) -> None:

@@ -194,23 +194,33 @@ def run(args) -> int:
         model = model_resnet50.build_resnet50(STANDARD_CLASSES[args.dataset], args.input_size)
         model_resnet50.print_summary(model.to(device), args.input_size, device)
         return 0
+    import torch
+
     from runtime import init_distributed, shutdown_distributed
-    from train import run_training
 
     dist = init_distributed(args.no_cuda)
     try:
-        if args.find_lr:
-            from find_lr import run_find_lr
-
-            code, suggested = run_find_lr(args, dist)
-            if code != 0 or not args.train:
-                return code
-            if dist.is_main:
-                print(f"Training with the suggested learning rate {suggested:.3g}", flush=True)
-            args.lr = suggested
-        return run_training(args, dist)
+        return find_lr_and_or_train(args, dist)
+    except torch.OutOfMemoryError:
+        raise UserInputError(f"out of memory on {dist.device} at --batch_size {args.batch_size}; "
+                             f"try --batch_size {max(1, args.batch_size // 2)}") from None
     finally:
         shutdown_distributed()
+
+
+def find_lr_and_or_train(args, dist) -> int:
+    from train import run_training
+
+    if args.find_lr:
+        from find_lr import run_find_lr
+
+        code, suggested = run_find_lr(args, dist)
+        if code != 0 or not args.train:
+            return code
+        if dist.is_main:
+            print(f"Training with the suggested learning rate {suggested:.3g}", flush=True)
+        args.lr = suggested
+    return run_training(args, dist)
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,4 @@
 import tomllib
-from pathlib import Path
 
 from conftest import REPO
 
