@@ -124,7 +124,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     global_batch = args.batch_size * dist.world_size
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
-                                    pretrained=args.use_pretrained, weights_path=args.pretrained_path),
+                                    pretrained=args.use_pretrained, weights_path=args.pretrained_path,
+                                    class_names=train_ds.classes),
                        dist, args.sync_bn, args.compile)
     optimizer = build_optimizer(model, args.optimizer, args.lr_start, args.momentum, args.weight_decay)
     say(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "

@@ -217,8 +217,9 @@ def run_training(args, dist: Distributed) -> int:
     config = resolved_config(args, num_classes, precision, dist.world_size)
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
-                                  pretrained=args.use_pretrained, weights_path=args.pretrained_path),
-                     dist, args.sync_bn, args.compile)
+                                    pretrained=args.use_pretrained, weights_path=args.pretrained_path,
+                                    class_names=train_ds.classes),
+                       dist, args.sync_bn, args.compile)
     criterion = nn.CrossEntropyLoss()
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     scheduler = build_scheduler(optimizer, args.scheduler, args.lr, args.epochs, steps_per_epoch,

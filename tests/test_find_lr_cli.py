@@ -92,7 +92,6 @@ def test_missing_data_dir_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--batch_size", "64"], "--batch_size 64 is larger than the 24 training images"),
-    (["--use_pretrained"], "--use_pretrained: loading Microsoft's ResNet-50 weights is not implemented yet"),
     (["--precision", "fp16"], "--precision fp16 needs a CUDA device"),
 ])
 def test_runtime_input_errors_are_one_line_and_write_nothing(image_folder, tmp_path, capsys, extra, message):
