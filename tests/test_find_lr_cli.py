@@ -115,3 +115,20 @@ def test_unwritable_output_folder_is_refused_before_any_work(image_folder, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {blocker / 'sub'}: cannot write results there (Not a directory); "
                    "choose another --lr_plot folder"]
+
+
+def test_out_of_memory_names_the_batch_size_and_suggests_half(image_folder, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import find_lr
+    import main
+
+    def exhausted(args, dist):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(find_lr, "run_find_lr", exhausted)
+    argv = ["--find_lr", "--data_dir", str(image_folder), "--lr_plot", str(tmp_path / "p.png"), *FAST]
+    argv[argv.index("--batch_size") + 1] = "256"
+    assert main.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: out of memory on cpu at --batch_size 256; try --batch_size 128"]
