@@ -75,7 +75,9 @@ def suggest_steepest(lrs, losses, skip_start=None, skip_end=None) -> float:
     """The learning rate where the loss falls fastest against log10(lr), before its minimum."""
     lrs, losses = _up_to_minimum(*_window(lrs, losses, skip_start, skip_end))
     slope = np.gradient(losses, np.log10(lrs))
-    return float(lrs[int(np.argmin(slope))])
+    # The lowest point itself is where the fall ends, not where it is steepest; its one-sided
+    # slope would otherwise win whenever the last step before it dropped a lot.
+    return float(lrs[int(np.argmin(slope[:-1] if len(slope) > 2 else slope))])
 
 
 def suggest_valley(lrs, losses, skip_start=None, skip_end=None) -> float:

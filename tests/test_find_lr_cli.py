@@ -44,23 +44,19 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     assert f"Suggested learning rate: {result['suggested_lr']:.2e}" in proc.stdout
 
 
-def test_lr_iter_epoch_runs_one_pass_per_epoch(image_folder, tmp_path):
-    proc = find_lr(image_folder, tmp_path, "--lr_iter", "epoch", "--epochs", "2", "--lr_end", "0.01",
-                   "--lr_diverge_th", "1000", "--max_samples", "12")
+def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_folder, tmp_path):
+    proc = find_lr(image_folder, tmp_path, "--lr_iter", "epoch", "--epochs", "2", "--max_samples", "12",
+                   "--lr_advanced", "--lr_step_mode", "linear", "--lr_end", "0.1", "--lr_val_batches", "1",
+                   "--lr_diverge_th", "1000")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "suggested_lr.json").read_text())
     assert result["lr_iter"] == 6 and result["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs
     assert result["lr_finder_epochs"] == 2.0
-
-
-def test_linear_mode_and_advanced_validation_curve(image_folder, tmp_path):
-    proc = find_lr(image_folder, tmp_path, "--lr_iter", "8", "--lr_advanced", "--lr_step_mode", "linear",
-                   "--lr_end", "0.1", "--lr_val_batches", "1", "--lr_diverge_th", "1000")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "suggested_lr.json").read_text())
-    assert result["curve"] == "validation" and result["steps_run"] == 8
+    assert result["curve"] == "validation" and set(result["suggestions_training_curve"]) == {
+        "steepest", "valley", "minimum"}
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss", "val_loss"]
+    assert float(rows[0]["smoothed_loss"]) == float(rows[0]["val_loss"])  # suggestions use the val curve
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[2] - lrs[1] == pytest.approx(lrs[1] - lrs[0])  # linear steps
 

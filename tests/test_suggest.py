@@ -21,6 +21,12 @@ def test_steepest_finds_the_centre_of_the_drop():
     assert abs(math.log10(lr) - (-3)) < 0.1
 
 
+def test_steepest_is_never_the_lowest_point_itself():
+    lrs = [10.0 ** (k / 4) for k in range(-16, 0)]
+    losses = [2.3] * 6 + [2.25, 2.2, 2.15, 2.1, 2.05, 1.2, 3.0, 5.0, 8.0, 9.0]  # big last drop into the minimum
+    assert suggest_steepest(lrs, losses, 0, 0) == pytest.approx(lrs[10])
+
+
 def test_steepest_is_taken_against_log_lr_not_linear_lr():
     # Against linear lr the later (wider-spaced) points would look flatter; the drop centre still wins.
     lr = suggest_steepest(LRS, descent_curve(center=1e-4, width=0.5))
