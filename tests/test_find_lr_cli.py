@@ -56,8 +56,11 @@ def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_fol
         "steepest", "valley", "minimum"}
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss", "val_loss"]
-    assert float(rows[0]["smoothed_loss"]) == float(rows[0]["val_loss"])  # suggestions use the val curve
     lrs = [float(r["lr"]) for r in rows]
+    from lr_finder import smooth, suggest_all
+
+    val_curve = smooth([float(r["val_loss"]) for r in rows], 0.05)  # suggestions come from the val curve
+    assert result["suggestions"] == pytest.approx(suggest_all(lrs, val_curve))
     assert lrs[2] - lrs[1] == pytest.approx(lrs[1] - lrs[0])  # linear steps
 
 
