@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from errors import UserInputError
-from report import _atomic_write
+from report import atomic_write
 
 # Flags that shape the model, the data or the schedule: a resumed run must match them.
 RESUME_KEYS = ("dataset", "input_size", "num_classes", "batch_size", "world_size", "max_samples", "seed",
@@ -41,7 +41,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, state: dict) -> None:
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 RULE = "=" * 80
 
 
-def _atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> None:
     """Write via a temp file in the same folder and ``os.replace``: a reader sees the old
     file or the new one, never a half-written one."""
     path = Path(path)
@@ -31,7 +31,7 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
 
 
 def atomic_write_text(path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path, obj: dict) -> None:
@@ -39,7 +39,7 @@ def atomic_write_json(path, obj: dict) -> None:
 
 
 def atomic_savefig(fig, path) -> None:
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def history_csv(lrs, raw_losses, smoothed, val_losses=None) -> str:
