@@ -80,11 +80,14 @@ def test_bad_flags_fail_in_one_line_with_exit_code_2(image_folder, tmp_path, fla
     assert not any(tmp_path.glob("*.json"))
 
 
-def test_missing_data_dir_is_one_line_exit_2_and_writes_nothing(tmp_path):
+def test_missing_data_dir_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    # In-process; test_runner.py checks the same line from a real main.py child process.
+    import main
+
     out = tmp_path / "out"
-    proc = run_cli("main.py", "--find_lr", "--data_dir", tmp_path / "nowhere", "--lr_plot", out / "p.png", *FAST)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    argv = ["--find_lr", "--data_dir", str(tmp_path / "nowhere"), "--lr_plot", str(out / "p.png"), *FAST]
+    assert main.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --data_dir {tmp_path / 'nowhere'}: folder not found; it must contain train/ and val/"]
     assert not (out / "suggested_lr.json").exists()
 
