@@ -78,25 +78,23 @@ def choose_settings(device: torch.device, quick: bool, tiny: bool) -> Settings:
     """tiny: seconds, for the test; quick: under 3 minutes on 2 CPU cores; else steadier figures."""
     if tiny:
         return Settings(images=8, pipeline_rounds=1, step_batch=2, step_size=32, step_warmup=0, step_steps=1,
-                        step_rounds=1, finder_batch=2, finder_size=32, finder_steps=2, finder_rounds=1, e2e_batch=2, e2e_iter=3,
-                        e2e_workers=1, e2e_rounds=1, rss_batch=2, rss_size=32)
+                        step_rounds=1, finder_batch=2, finder_size=32, finder_steps=2, finder_rounds=1, e2e_batch=2,
+                        e2e_iter=3, e2e_workers=1, e2e_rounds=1, rss_batch=2, rss_size=32)
     workers = len(os.sched_getaffinity(0))
     if device.type == "cuda":
         return Settings(images=512, pipeline_rounds=3 if quick else 5, step_batch=256, step_size=224,
                         step_warmup=3, step_steps=5 if quick else 10, step_rounds=3 if quick else 5,
                         finder_batch=256, finder_size=224, finder_steps=10 if quick else 20, finder_rounds=3,
                         e2e_batch=256, e2e_iter=100 if quick else 200, e2e_workers=workers,
-                        e2e_rounds=1 if quick else 3,
-                        rss_iter=5)
+                        e2e_rounds=1 if quick else 3, rss_iter=5)
     if quick:  # batch 8 where the time allows no more; the step at 16, where fp32 NCHW shows the speed
         # it keeps at larger batches (per image it slows from batch 8 to 32 on this CPU, bf16 does not)
         return Settings(images=64, pipeline_rounds=5, step_batch=16, step_size=224, step_warmup=1, step_steps=2,
                         step_rounds=3, finder_batch=8, finder_size=128, finder_steps=8, finder_rounds=3, e2e_batch=8,
-                        e2e_iter=24, e2e_workers=workers, e2e_rounds=1)
+                        e2e_iter=20, e2e_workers=workers, e2e_rounds=1, rss_iter=2)
     return Settings(images=256, pipeline_rounds=7, step_batch=32, step_size=224, step_warmup=1, step_steps=3,
                     step_rounds=3, finder_batch=32, finder_size=224, finder_steps=10, finder_rounds=3, e2e_batch=32,
-                    e2e_iter=20,
-                    e2e_workers=workers, e2e_rounds=3, rss_iter=5)
+                    e2e_iter=20, e2e_workers=workers, e2e_rounds=3, rss_iter=5)
 
 
 # ----------------------------------------------------------------- repeats and ratios
@@ -248,8 +246,8 @@ def measure_end_to_end(root: Path, work: Path, settings: Settings, device: torch
         peaks.append(run.peak_rss_mb)
         return float(checked(run)["images_per_second"])
 
-    samples = interleave({"e2e": end_to_end, "alone": lambda: alone.measure(settings.step_steps)},
-                         settings.e2e_rounds)
+    alone_steps = max(1, settings.e2e_iter // 4)  # a quarter of the sweep: steady enough, and quick
+    samples = interleave({"e2e": end_to_end, "alone": lambda: alone.measure(alone_steps)}, settings.e2e_rounds)
     figure = Figure("end_to_end_vs_model_only",
                     f"end to end, {settings.step_size} px, batch {settings.e2e_batch}, {settings.e2e_iter} steps",
                     "img/s", f"main.py --find_lr, {settings.e2e_workers} workers", "model step alone",
@@ -372,7 +370,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="seconds-long settings that only check the benchmark runs (figures meaningless)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model steps run")
     parser.add_argument("--json", default=None, help="also write every figure and ratio to this JSON file")
-    parser.add_argument("--workdir", default=None, help="keep the JPEGs and child outputs here (default: a temp folder)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the JPEGs and child outputs here (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 

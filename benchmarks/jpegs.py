@@ -5,6 +5,7 @@ saved at quality 90, so decode and augmentation costs resemble ImageNet's.
     root = write_jpeg_folder(Path("/tmp/bench-data"), count=64)   # root/train/<class>/*.JPEG
 """
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -12,13 +13,18 @@ import numpy as np
 
 IMAGE_SIZE = (500, 375)  # width, height: the most common ImageNet shape
 JPEG_QUALITY = 90
+PHOTOGRAPHS = ("china.jpg", "flower.jpg")  # in sklearn/datasets/images, what load_sample_images() reads
 
 
 def sample_photographs() -> list[np.ndarray]:
-    """scikit-learn's bundled photographs as RGB uint8 arrays."""
-    from sklearn.datasets import load_sample_images
-
-    return list(load_sample_images().images)
+    """scikit-learn's bundled photographs as RGB uint8 arrays, read from the package's files
+    (importing scikit-learn itself would add seconds to every run)."""
+    package = importlib.util.find_spec("sklearn")
+    folder = Path(package.submodule_search_locations[0]) / "datasets" / "images"
+    photos = [cv2.imread(str(folder / name)) for name in PHOTOGRAPHS]
+    if any(photo is None for photo in photos):
+        raise FileNotFoundError(f"{folder}: scikit-learn's sample photographs {PHOTOGRAPHS} are missing")
+    return [cv2.cvtColor(photo, cv2.COLOR_BGR2RGB) for photo in photos]
 
 
 def random_view(photo: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -47,7 +53,3 @@ def write_jpeg_folder(root: Path, count: int, classes: int = 4, seed: int = 0,
         if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]):
             raise OSError(f"could not write {path}")
     return root
-
-
-def list_jpegs(root: Path) -> list[str]:
-    return sorted(str(p) for p in (root / "train").rglob("*.JPEG"))
