@@ -20,7 +20,6 @@ from errors import UserInputError
 from preprocess import MAX_BAD_FRACTION, to_model_input
 from runtime import Distributed, unwrap
 
-SUGGESTION_METHODS = ("steepest", "valley", "minimum")
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
 VERY_HIGH_LR = 1.0

@@ -28,7 +28,6 @@ from errors import UserInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DATASETS = ("imagenet1k", "cifar100", "digits")
 # A sample whose file cannot be decoded is replaced by the next one; past this share
 # of bad files the data is considered broken and the run stops.
 MAX_BAD_FRACTION = 0.01
