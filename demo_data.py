@@ -45,15 +45,16 @@ def write_digits_imagefolder(target: Path, seed: int = 0) -> int:
     return count
 
 
-def ensure_digits_imagefolder(cache_root: Path | None = None) -> Path:
-    """The demo ImageFolder, built on first use into a temp folder and renamed into place."""
-    root = (cache_root or demo_cache_root()) / DEMO_VERSION
+def ensure_cached_folder(name: str, write, cache_root: Path | None = None) -> Path:
+    """``cache_root/name``, built on first use by ``write(folder)`` into a temp folder and
+    renamed into place, so a half-built folder is never mistaken for a complete one."""
+    root = (cache_root or demo_cache_root()) / name
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}.", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root.parent))
     try:
-        write_digits_imagefolder(tmp)
+        write(tmp)
         os.replace(tmp, root)
     except OSError:
         if not (root / "train").is_dir():  # a concurrent builder did not win the race
@@ -61,3 +62,8 @@ def ensure_digits_imagefolder(cache_root: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_digits_imagefolder(cache_root: Path | None = None) -> Path:
+    """The demo ImageFolder (``~/.cache/imagenet1k-lr-finder/digits-v1`` by default)."""
+    return ensure_cached_folder(DEMO_VERSION, write_digits_imagefolder, cache_root)
