@@ -88,6 +88,19 @@ def new_epoch_totals() -> dict:
     return {"loss_sum": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
 
 
+def train_step(model, images, labels, criterion, optimizer, scaler, device, amp_dtype, channels_last):
+    """One optimizer step on a uint8 batch (autocast, GradScaler); returns (loss, logits, targets)."""
+    x, y = to_model_input(images, device, channels_last), labels.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(x)
+        loss = criterion(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits, y
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, amp_dtype, channels_last,
                     totals: dict, dist: Distributed, on_step=None, desc="train") -> dict:
     """One pass (or the rest of one, continuing ``totals``); ``on_step(i)`` runs after each
@@ -97,14 +110,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, devi
     started, elapsed_before = time.perf_counter(), totals["elapsed"]
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     for i, (images, labels, _) in enumerate(bar):
-        x, y = to_model_input(images, device, channels_last), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits, y = train_step(model, images, labels, criterion, optimizer, scaler, device, amp_dtype,
+                                     channels_last)
         scheduler.step()
         totals["loss_sum"] += loss.item() * len(y)
         totals["correct"] += topk_correct(logits.detach(), y, (1,))[0]
@@ -121,18 +128,23 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, devi
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, amp_dtype, channels_last, dist: Distributed) -> dict:
-    """Loss, top-1 and top-5 over the whole validation set (each rank evaluates its shard)."""
+def evaluate(model, loader, criterion, device, amp_dtype, channels_last, dist: Distributed,
+             progress: bool = True) -> dict:
+    """Loss, top-1 and top-5 over the whole validation set (each rank evaluates its shard);
+    ``loader`` may also be a list of (images, labels, skipped) batches."""
     model = unwrap(model)  # no DDP collectives: shards may differ in size by one image
+    was_training = model.training
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
-    for images, labels, _ in tqdm(loader, desc="val", unit="batch", leave=False, dynamic_ncols=True):
+    for images, labels, _ in tqdm(loader, desc="val", unit="batch", leave=False, dynamic_ncols=True,
+                                  disable=not progress):
         x, y = to_model_input(images, device, channels_last), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
         loss_sum += criterion(logits.float(), y).item() * len(y)
         c1, c5 = topk_correct(logits, y)
         top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
+    model.train(was_training)
     loss_sum, top1, top5, seen = dist.all_reduce_sum([loss_sum, top1, top5, seen])
     return {"val_loss": loss_sum / max(seen, 1), "val_top1": 100.0 * top1 / max(seen, 1),
             "val_top5": 100.0 * top5 / max(seen, 1), "val_images": int(seen)}
@@ -141,8 +153,8 @@ def evaluate(model, loader, criterion, device, amp_dtype, channels_last, dist: D
 # ------------------------------------------------------------------- the fit loop
 
 
-def read_lr_from(path: str) -> float:
-    """``suggested_lr`` from a finder JSON, refusing failed or incomplete sweeps."""
+def read_lr_from(path: str) -> dict:
+    """A finder JSON with a usable ``suggested_lr``, refusing failed or incomplete sweeps."""
     try:
         record = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -155,11 +167,54 @@ def read_lr_from(path: str) -> float:
     lr = record.get("suggested_lr")
     if not isinstance(lr, (int, float)) or not lr > 0:
         raise UserInputError(f"--lr_from {path}: has no positive suggested_lr; rerun the finder or pass --lr")
-    return float(lr)
+    return record
 
 
-def resolved_config(args, num_classes: int, precision: str, world_size: int) -> dict:
+def scale_lr(lr: float, from_batch: int, to_batch: int, optimizer: str) -> tuple[float, str]:
+    """Carry a rate found at one global batch to another (Goyal et al. 2017): linear for SGD,
+    square root for AdamW. Returns (rate, rule)."""
+    if from_batch == to_batch:
+        return lr, "none"
+    if optimizer == "adamw":
+        return lr * math.sqrt(to_batch / from_batch), "sqrt"
+    return lr * to_batch / from_batch, "linear"
+
+
+def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool) -> tuple[float, dict]:
+    """The training rate taken from a finder JSON, scaled to this run's global batch unless
+    ``no_scaling``; also what was done, for config.json."""
+    record = read_lr_from(path)
+    found, from_batch = float(record["suggested_lr"]), record.get("global_batch_size") or record.get("batch_size")
+    if not isinstance(from_batch, int) or from_batch < 1 or no_scaling:
+        lr, rule = found, "none"
+    else:
+        lr, rule = scale_lr(found, from_batch, global_batch, optimizer)
+    swept_with = record.get("optimizer")
+    return lr, {"file": path, "suggested_lr": found, "suggestion_method": record.get("suggestion_method"),
+                "sweep_global_batch": from_batch, "sweep_optimizer": swept_with, "train_optimizer": optimizer,
+                "train_global_batch": global_batch, "scaling": rule, "lr": lr}
+
+
+def describe_lr_source(source: dict) -> str:
+    found, lr = source["suggested_lr"], source["lr"]
+    text = f"--lr_from {source['file']}: suggested {found:.3g} at global batch {source['sweep_global_batch']}"
+    if source["scaling"] == "none":
+        same = source["sweep_global_batch"] == source["train_global_batch"]
+        text += "; training with it as it is" + ("" if same else " (--no_lr_scaling)")
+    else:
+        rule = "linear (SGD)" if source["scaling"] == "linear" else "square root (AdamW)"
+        text += (f"; scaled to global batch {source['train_global_batch']} by the {rule} rule: {lr:.3g} "
+                 "(--no_lr_scaling keeps the found rate)")
+    if source["sweep_optimizer"] and source["sweep_optimizer"] != source["train_optimizer"]:
+        text += (f"; warning: the sweep used {source['sweep_optimizer']} and training uses "
+                 f"{source['train_optimizer']}, so the rate may not carry over")
+    return text
+
+
+def resolved_config(args, num_classes: int, precision: str, world_size: int, lr_source: dict | None = None) -> dict:
     config = {k: v for k, v in sorted(vars(args).items())}
+    if lr_source:
+        config["lr_from_record"] = lr_source
     config.update(num_classes=num_classes, precision=precision, channels_last=not args.no_channels_last,
                   world_size=world_size, global_batch_size=args.batch_size * world_size)
     return config
@@ -200,8 +255,12 @@ def plot_training(path: Path, history: list[dict], lr_trace: list[float]) -> Non
 
 def run_training(args, dist: Distributed) -> int:
     """Train and evaluate every epoch; rank 0 alone prints and writes files."""
+    lr_source = None
     if args.lr_from:
-        args.lr = read_lr_from(args.lr_from)
+        args.lr, lr_source = lr_from_json(args.lr_from, args.batch_size * dist.world_size, args.optimizer,
+                                          args.no_lr_scaling)
+        if dist.is_main:
+            print(describe_lr_source(lr_source), flush=True)
     out = Path(args.output_dir)
     device = dist.device
     say = print if dist.is_main else (lambda *a, **k: None)
@@ -216,7 +275,7 @@ def run_training(args, dist: Distributed) -> int:
     val_loader = build_loader(val_ds, args.batch_size, False, args.num_workers, device, args.seed, val_sampler)
     steps_per_epoch = len(train_loader)
     num_classes = len(train_ds.classes)
-    config = resolved_config(args, num_classes, precision, dist.world_size)
+    config = resolved_config(args, num_classes, precision, dist.world_size, lr_source)
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
                                     pretrained=args.use_pretrained, weights_path=args.pretrained_path,

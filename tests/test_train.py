@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, make_image_folder, run_cli
-from train import build_scheduler, lr_multiplier, read_lr_from, topk_correct
+from train import build_scheduler, describe_lr_source, lr_from_json, lr_multiplier, read_lr_from, scale_lr, topk_correct
 from errors import UserInputError
 
 TRAIN = ["--lr", "0.02", "--epochs", "2", "--input_size", "32", "--batch_size", "4", "--num_workers", "0",
@@ -157,7 +157,7 @@ def test_missing_or_corrupt_checkpoint_is_an_error_not_a_fresh_start(tmp_path, c
 def test_lr_from_reads_the_finder_json(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"success": True, "suggested_lr": 0.0123}))
-    assert read_lr_from(str(good)) == 0.0123
+    assert read_lr_from(str(good))["suggested_lr"] == 0.0123
     failed = tmp_path / "failed.json"
     failed.write_text(json.dumps({"success": False, "error": "error: no suggestion", "suggested_lr": None}))
     with pytest.raises(UserInputError, match=r"that sweep did not succeed \(error: no suggestion\)"):
@@ -169,3 +169,53 @@ def test_lr_from_reads_the_finder_json(tmp_path):
 def test_lr_from_and_lr_together_is_refused():
     proc = run_cli("main.py", "--lr_from", "x.json", "--lr", "0.1")
     assert proc.returncode == 2 and "--lr_from gives the learning rate" in proc.stderr
+
+
+def test_scaling_rules_for_another_global_batch():
+    assert scale_lr(0.1, 32, 256, "sgd") == (pytest.approx(0.8), "linear")
+    assert scale_lr(0.1, 256, 64, "sgd") == (pytest.approx(0.025), "linear")
+    assert scale_lr(0.1, 32, 128, "adamw") == (pytest.approx(0.2), "sqrt")
+    assert scale_lr(0.1, 64, 64, "sgd") == (0.1, "none")
+
+
+def test_lr_from_scales_to_the_training_batch_unless_told_not_to(tmp_path):
+    found = tmp_path / "suggested_lr.json"
+    found.write_text(json.dumps({"success": True, "suggested_lr": 0.05, "suggestion_method": "rise",
+                                 "global_batch_size": 32, "optimizer": "sgd"}))
+    lr, record = lr_from_json(str(found), 128, "sgd", no_scaling=False)
+    assert lr == pytest.approx(0.2)
+    assert record == {"file": str(found), "suggested_lr": 0.05, "suggestion_method": "rise", "sweep_global_batch": 32,
+                      "sweep_optimizer": "sgd", "train_optimizer": "sgd", "train_global_batch": 128,
+                      "scaling": "linear", "lr": lr}
+    assert describe_lr_source(record) == (
+        f"--lr_from {found}: suggested 0.05 at global batch 32; scaled to global batch 128 by the linear (SGD) "
+        "rule: 0.2 (--no_lr_scaling keeps the found rate)")
+    kept, record = lr_from_json(str(found), 128, "adamw", no_scaling=True)
+    assert kept == 0.05 and record["scaling"] == "none"
+    assert describe_lr_source(record).endswith("training with it as it is (--no_lr_scaling); warning: the sweep "
+                                               "used sgd and training uses adamw, so the rate may not carry over")
+
+
+def test_training_from_a_finder_json_records_the_scaling_in_config(tmp_path, capsys):
+    import main
+
+    data = make_image_folder(tmp_path / "data", per_class=8, val_per_class=2)
+    found = tmp_path / "suggested_lr.json"
+    found.write_text(json.dumps({"success": True, "suggested_lr": 0.01, "global_batch_size": 4, "optimizer": "sgd"}))
+    flags = [f for f in TRAIN if f not in ("--lr", "0.02")]
+    flags[flags.index("--batch_size") + 1] = "8"
+    flags[flags.index("--epochs") + 1] = "1"
+    assert main.main(["--lr_from", str(found), "--data_dir", str(data), "--output_dir", str(tmp_path / "o"),
+                      *flags, "--no_plots"]) == 0
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["lr"] == pytest.approx(0.02)  # 0.01 found at batch 4, trained at 8: linear
+    assert config["lr_from_record"]["scaling"] == "linear" and config["lr_from_record"]["suggested_lr"] == 0.01
+    assert "scaled to global batch 8 by the linear (SGD) rule: 0.02" in capsys.readouterr().out
+
+
+def test_no_lr_scaling_without_lr_from_is_refused(capsys):
+    import main
+
+    with pytest.raises(SystemExit) as stop:
+        main.main(["--lr", "0.1", "--no_lr_scaling"])
+    assert stop.value.code == 2 and "--no_lr_scaling goes with --lr_from" in capsys.readouterr().err
