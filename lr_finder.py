@@ -23,6 +23,12 @@ from runtime import Distributed, unwrap
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
 VERY_HIGH_LR = 1.0
+# Chosen with benchmarks/suggestion_study.py (see the README's table): the default rate is the
+# edge divided by this, and a loss that fell less than LOW_DROP never gives more than low confidence.
+RISE_DIVISOR = 2.0
+NOISE_MARGIN = 4.0  # the edge must stand this many standard errors of the running median above the bottom
+LOW_DROP = 0.15
+HIGH_DROP = 0.30
 
 
 # --------------------------------------------------------------------------- math
@@ -70,6 +76,62 @@ def _up_to_minimum(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.
     return lrs[:end], losses[:end]
 
 
+def robust_curve(losses, half_width: int) -> np.ndarray:
+    """A centred running median: it does not lag behind the loss as the library's exponential
+    smoothing does (by (1 - f) / f steps, more than a decade of lr on a short sweep), and one
+    wild batch cannot move it."""
+    x = np.asarray(losses, dtype=float)
+    return np.array([np.median(x[max(0, i - half_width):i + half_width + 1]) for i in range(len(x))])
+
+
+def median_half_width(lrs) -> int:
+    """Points on each side of the running median: a tenth of a decade of lr, at least 2."""
+    lrs = np.asarray(lrs, dtype=float)
+    decades = math.log10(lrs[-1] / lrs[0]) if len(lrs) > 1 and lrs[-1] > lrs[0] > 0 else 1.0
+    return max(2, round(0.1 * len(lrs) / max(decades, 1e-9)))
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """What a range test shows, read from the raw loss: where the loss starts, its lowest point,
+    and the edge, the rate at which the loss, on its way to the blow-up, has climbed back
+    halfway from its lowest point to its starting level (Smith's upper bound: where the loss
+    starts to rise). ``edge_lr`` is None when the sweep ended before the loss rose."""
+    start_loss: float
+    min_loss: float
+    min_lr: float
+    edge_lr: float | None
+
+    @property
+    def loss_drop(self) -> float:
+        """How far the loss fell, as a fraction of where it started."""
+        return (self.start_loss - self.min_loss) / self.start_loss if self.start_loss > 0 else 0.0
+
+
+def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks:
+    lrs, raw = _window(lrs, raw_losses, skip_start, skip_end)
+    curve = robust_curve(raw, median_half_width(lrs))
+    start = float(np.median(raw[:max(MIN_POINTS, len(raw) // 10)]))
+    # The blow-up: the first point half as high again as the start. The minimum is sought
+    # before it (a fall after a blow-up is a recovery) and the edge is the last crossing of the
+    # half-way level on the climb into it, so noise on a flat stretch cannot fake an edge.
+    above = np.flatnonzero(curve > 1.5 * start)
+    blow = int(above[0]) if len(above) else len(curve)
+    lowest = int(np.argmin(curve[:max(blow, 1)]))
+    # On a curve that barely fell, half-way is inside the noise: the level is then set above the
+    # noise of the median itself (from the spread of the raw loss around it, robustly).
+    half = median_half_width(lrs)
+    residuals = (raw - curve)[:max(blow, MIN_POINTS)]
+    noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))) * 1.25 / math.sqrt(2 * half + 1)
+    level = curve[lowest] + max(0.5 * (start - curve[lowest]), NOISE_MARGIN * noise)
+    edge = None
+    for i in range(blow - 1, lowest - 1, -1):
+        if curve[i] <= level:
+            edge = i + 1 if i + 1 < len(curve) else None
+            break
+    return Landmarks(start, float(curve[lowest]), float(lrs[lowest]), float(lrs[edge]) if edge is not None else None)
+
+
 def suggest_steepest(lrs, losses, skip_start=None, skip_end=None) -> float:
     """The learning rate where the loss falls fastest against log10(lr), before its minimum."""
     lrs, losses = _up_to_minimum(*_window(lrs, losses, skip_start, skip_end))
@@ -101,16 +163,30 @@ def suggest_minimum(lrs, losses, skip_start=None, skip_end=None) -> float:
     return float(lrs[int(np.argmin(losses))] / 10)
 
 
-def onecycle_max_lr(lrs, losses, skip_start=None, skip_end=None) -> float:
-    """The learning rate at the lowest loss: where it stops falling (Smith's upper bound)."""
-    return suggest_minimum(lrs, losses, skip_start, skip_end) * 10
+def suggest_rise(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
+    """A fraction (``1 / RISE_DIVISOR``) of the edge: the rate at which the loss starts to rise
+    (see ``Landmarks``); a tenth of the lowest point's rate when the sweep never reached it."""
+    marks = find_landmarks(lrs, raw_losses, skip_start, skip_end)
+    return marks.edge_lr / RISE_DIVISOR if marks.edge_lr is not None else marks.min_lr / 10
 
 
-SUGGESTERS = {"steepest": suggest_steepest, "valley": suggest_valley, "minimum": suggest_minimum}
+def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
+    """The peak for one-cycle: the edge itself (Smith's upper bound), else the lowest point's rate."""
+    marks = find_landmarks(lrs, raw_losses, skip_start, skip_end)
+    return marks.edge_lr if marks.edge_lr is not None else marks.min_lr
 
 
-def suggest_all(lrs, losses) -> dict[str, float]:
-    return {name: fn(lrs, losses) for name, fn in SUGGESTERS.items()}
+# Readings of the curve the library smooths (lagging) and the default, read from the raw loss.
+CURVE_SUGGESTERS = {"steepest": suggest_steepest, "valley": suggest_valley, "minimum": suggest_minimum}
+METHODS = ("rise", *CURVE_SUGGESTERS)
+DEFAULT_METHOD = "rise"
+
+
+def suggest_all(lrs, raw_losses, smooth_f: float) -> dict[str, float]:
+    """Every method's rate: ``rise`` from the raw loss, the others from its exponential smoothing."""
+    smoothed = smooth(raw_losses, smooth_f)
+    return {"rise": suggest_rise(lrs, raw_losses),
+            **{name: fn(lrs, smoothed) for name, fn in CURVE_SUGGESTERS.items()}}
 
 
 def spread_decades(values) -> float:
@@ -118,33 +194,67 @@ def spread_decades(values) -> float:
     return float(math.log10(max(values) / min(values))) if values else float("nan")
 
 
-def confidence(spread: float) -> str:
-    """high: methods agree within half a decade; medium: within one; low: beyond."""
-    if spread <= 0.5:
-        return "high"
-    return "medium" if spread <= 1.0 else "low"
+@dataclass(frozen=True)
+class Evidence:
+    """What a confidence level rests on."""
+    loss_drop: float  # fraction the loss fell before rising (Landmarks.loss_drop)
+    spread: float  # decades between the methods' rates
+    edge_found: bool  # the sweep reached the rates where the loss rises
+    verified: bool | None = None  # --lr_verify: None (not run), else whether its best rate was inside the trials
 
 
-def analyse(lr: float, confidence_level: str, spread: float) -> tuple[str, list[str]]:
+def confidence(e: Evidence) -> str:
+    """high / medium / low, from how much the loss fell, whether the methods agree and the trials.
+
+    - low: the loss fell less than LOW_DROP, or the sweep never reached the rise, or the methods
+      disagree by more than a decade, unless ``--lr_verify`` found its best inside its trials
+      (then medium);
+    - high: the loss fell at least HIGH_DROP and the methods agree within half a decade, or the
+      trials found their best inside and the curve itself is at least medium;
+    - medium otherwise."""
+    from_curve = "medium"
+    if e.loss_drop < LOW_DROP or not e.edge_found or not e.spread <= 1.0:
+        from_curve = "low"
+    elif e.loss_drop >= HIGH_DROP and e.spread <= 0.5:
+        from_curve = "high"
+    if e.verified:
+        return "high" if from_curve != "low" else "medium"
+    return from_curve
+
+
+def analyse(lr: float, level: str, e: Evidence) -> tuple[str, list[str]]:
     """A verdict line and warnings for a suggested learning rate."""
     warnings = []
     if lr < VERY_LOW_LR:
         warnings.append(
             f"Suggested LR {lr:.2e} is very low (< {VERY_LOW_LR:g}): the loss may not have started "
-            "falling before the sweep ended; check the plot, try a lower --lr_start or more steps"
-        )
+            "falling before the sweep ended; check the plot, try a lower --lr_start or more steps")
     if lr > VERY_HIGH_LR:
         warnings.append(
             f"Suggested LR {lr:.2e} is very high (> {VERY_HIGH_LR:g}): training may diverge; "
-            "start lower (e.g. a tenth of it) and watch the first epoch"
-        )
-    if confidence_level == "low":
+            "start lower (e.g. a tenth of it) and watch the first epoch")
+    if not e.edge_found:
         warnings.append(
-            f"The suggestion methods disagree by {spread:.1f} decades: the curve has no single clear "
-            "descent (noisy loss or too few steps); more --lr_iter, a larger batch or more "
-            "--lr_smooth_f usually help"
-        )
-    verdict = "Learning rate appears to be in a reasonable range" if not warnings else "Check the warnings below"
+            "The loss never started to rise: the sweep ended before the rates where training becomes "
+            "unstable, so the suggestion is only a tenth of the lowest point's rate; raise --lr_end")
+    if e.loss_drop < LOW_DROP:
+        warnings.append(
+            f"The loss fell only {e.loss_drop:.0%} before rising: the sweep barely learned, so the curve "
+            "shows little more than where training becomes unstable. For a firmer answer: more steps "
+            "(--lr_iter), a larger batch, a lower --lr_start, or --lr_verify N to check the candidates "
+            "with short trainings")
+    if not e.spread <= 1.0:
+        warnings.append(
+            f"The suggestion methods disagree by {e.spread:.1f} decades: the curve has no single clear "
+            "reading (noisy loss or too few steps)")
+    if e.verified is False:
+        warnings.append(
+            "--lr_verify's best rate was at the edge of the rates it tried: the best may lie beyond; "
+            "check the verification panel of the plot")
+    if level == "low" and not warnings:
+        warnings.append("Confidence is low; check the plot")
+    verdict = ("Learning rate appears to be in a reasonable range" if not warnings
+               else f"Confidence {level}: check the warnings below")
     return verdict, warnings
 
 
@@ -338,8 +448,9 @@ def loss_ylim(curve) -> tuple[float, float]:
 
 
 def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: str | None, title: str,
-               smooth_f: float) -> None:
-    """Loss against learning rate (log x), the chosen suggestion as a red dashed line."""
+               smooth_f: float, verification: list[dict] | None = None) -> None:
+    """Loss against learning rate (log x), the chosen suggestion as a red dashed line; with
+    ``verification`` (``--lr_verify``), a second panel with the trials' held-out loss and top-1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,7 +458,10 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
 
     from report import atomic_savefig
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    if verification:
+        fig, (ax, ax_verify) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(9, 5.5))
     validation = bool(sweep.val_losses)
     ax.plot(sweep.lrs, sweep.raw_losses, color="0.8", lw=0.7, label="training loss (raw)")
     train_smooth = smooth(sweep.raw_losses, smooth_f)
@@ -355,7 +469,7 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
     if validation:
         ax.plot(sweep.lrs, sweep.losses, color="tab:green", lw=1.8, label="validation loss (smoothed)")
     ax.set_ylim(*loss_ylim(train_smooth + (sweep.losses if validation else [])))
-    markers = {"valley": ("tab:orange", ":"), "minimum": ("tab:purple", "-.")}
+    markers = {"valley": ("tab:orange", ":"), "minimum": ("tab:purple", "-."), "steepest": ("tab:brown", ":")}
     for name, lr in suggestions.items():
         if name == chosen:
             ax.axvline(lr, color="red", ls="--", lw=1.6, label=f"suggested ({name}): {lr:.2e}")
@@ -371,6 +485,32 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="upper left", fontsize=8)
+    if verification:
+        plot_verification(ax_verify, verification, suggestions.get("verified"))
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def plot_verification(ax, verification: list[dict], best: float | None) -> None:
+    """Held-out loss (left axis) and top-1 (right axis) of each ``--lr_verify`` trial."""
+    import matplotlib.ticker
+    lrs = [t["lr"] for t in verification]
+    losses = [t["loss"] if t["loss"] is not None and math.isfinite(t["loss"]) else float("nan") for t in verification]
+    ax.plot(lrs, losses, "o-", color="tab:blue", label="held-out loss")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # a diverged trial's loss would flatten the others
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("learning rate of the trial (log scale)")
+    ax.set_ylabel("held-out loss after the trial")
+    top1 = ax.twinx()
+    top1.plot(lrs, [t["top1"] for t in verification], "s--", color="tab:green", label="held-out top-1 (%)")
+    top1.set_ylabel("held-out top-1 (%)")
+    if best is not None:
+        ax.axvline(best, color="red", ls="--", lw=1.6, label=f"verified: {best:.2e}")
+    steps = max(t.get("steps") or 0 for t in verification)
+    ax.set_title(f"--lr_verify: {len(verification)} trials of {steps} steps")
+    ax.grid(True, which="both", alpha=0.25)
+    lines = ax.get_legend_handles_labels()
+    extra = top1.get_legend_handles_labels()
+    ax.legend(lines[0] + extra[0], lines[1] + extra[1], loc="upper left", fontsize=8)

@@ -94,7 +94,15 @@ def _results_text(result: dict) -> str:
         lines.append(f"Suggested LR       : {result['suggested_lr']:.2e} ({result.get('suggestion_method')})")
     for name, lr in (result.get("suggestions") or {}).items():
         lines.append(f"  {name:<17}: {_fmt(lr)}")
-    keys = ["confidence", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_step", "stop_lr", "steps_run",
+    if result.get("verification"):
+        held = result.get("verify_heldout") or {}
+        lines.append(f"Verification       : {result.get('verify_steps')} steps per trial, scored on "
+                     f"{held.get('images')} held-out images from {held.get('source')} ({result.get('verify_stop_reason')})")
+        for trial in result["verification"]:
+            loss = trial["loss"]
+            shown = f"{loss:.4f}" if isinstance(loss, float) else "diverged"
+            lines.append(f"  lr {trial['lr']:.2e}: held-out loss {shown}, top-1 {trial['top1']:.1f} %")
+    keys = ["confidence", "loss_drop", "edge_lr", "min_loss_lr", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_step", "stop_lr", "steps_run",
             "lr_iter", "lr_finder_epochs", "bad_images", "skipped_steps", "device", "precision",
             "global_batch_size", "elapsed_s", "images_per_second", "plot_file", "history_file", "log_file"]
     lines += [f"{k:<19}: {_fmt(result[k])}" for k in keys if result.get(k) is not None]
@@ -127,7 +135,8 @@ def next_steps(result: dict, lr: float) -> list[str]:
                      f"--scheduler onecycle --batch_size {result.get('batch_size')} --data_dir {data}")
     gb = result.get("global_batch_size") or result.get("batch_size")
     steps += [
-        f"This LR is for a global batch of {gb}; for another batch B scale it linearly: lr * B / {gb}",
+        f"This LR is for a global batch of {gb}; --lr_from scales it to the batch you train with "
+        f"(linearly for SGD: lr * B / {gb}; by the square root for AdamW)",
         "Monitor training loss and accuracy; lower the LR if the loss spikes early",
         "Use learning rate scheduling (cosine or one-cycle)",
     ]

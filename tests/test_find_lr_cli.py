@@ -35,6 +35,12 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss"]
     assert float(rows[0]["lr"]) == pytest.approx(1e-4) and float(rows[0]["loss"]) == float(rows[0]["smoothed_loss"])
     assert float(rows[1]["lr"]) == pytest.approx(1e-4 * (1e4 ** (1 / 11)))  # exponential steps
+    from lr_finder import find_landmarks, suggest_all
+
+    lrs, raw = [float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows]
+    assert result["suggestion_method"] == "rise" and result["suggested_lr"] == result["suggestions"]["rise"]
+    assert result["suggestions"] == pytest.approx(suggest_all(lrs, raw, 0.05))
+    assert result["loss_drop"] == pytest.approx(find_landmarks(lrs, raw).loss_drop, abs=1e-4)
 
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (out / "lr_finder_log.txt").read_text()
@@ -53,14 +59,14 @@ def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_fol
     assert result["lr_iter"] == 6 and result["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs
     assert result["lr_finder_epochs"] == 2.0
     assert result["curve"] == "validation" and set(result["suggestions_training_curve"]) == {
-        "steepest", "valley", "minimum"}
+        "rise", "steepest", "valley", "minimum"}
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss", "val_loss"]
     lrs = [float(r["lr"]) for r in rows]
-    from lr_finder import smooth, suggest_all
+    from lr_finder import suggest_all
 
-    val_curve = smooth([float(r["val_loss"]) for r in rows], 0.05)  # suggestions come from the val curve
-    assert result["suggestions"] == pytest.approx(suggest_all(lrs, val_curve))
+    val_losses = [float(r["val_loss"]) for r in rows]  # suggestions come from the val curve
+    assert result["suggestions"] == pytest.approx(suggest_all(lrs, val_losses, 0.05))
     assert lrs[2] - lrs[1] == pytest.approx(lrs[1] - lrs[0])  # linear steps
 
 

@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from lr_finder import (SuggestionError, analyse, confidence, default_skips, loss_ylim, onecycle_max_lr, smooth,
-                       spread_decades, suggest_minimum, suggest_steepest, suggest_valley)
+from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, SuggestionError, analyse, confidence, default_skips,
+                       find_landmarks, loss_ylim, median_half_width, onecycle_max_lr, robust_curve, smooth,
+                       spread_decades, suggest_all, suggest_minimum, suggest_rise, suggest_steepest, suggest_valley)
 
 LRS = list(np.logspace(-6, 1, 120))
 
@@ -75,7 +76,6 @@ def test_minimum_is_a_tenth_of_the_lowest_loss_lr():
     loss = [3.0, 2.5, 2.0, 1.5, 1.0, 0.8, 0.7, 1.5, 4.0, 9.0]
     lrs = [10.0 ** -k for k in range(10, 0, -1)]
     assert suggest_minimum(lrs, loss, 0, 0) == pytest.approx(lrs[6] / 10)
-    assert onecycle_max_lr(lrs, loss, 0, 0) == pytest.approx(lrs[6])
 
 
 def test_smoothing_matches_torch_lr_finder_formula():
@@ -89,9 +89,82 @@ def test_default_skips_scale_with_sweep_length():
     assert default_skips(8) == (0, 0)
 
 
-@pytest.mark.parametrize("spread,level", [(0.2, "high"), (0.5, "high"), (0.8, "medium"), (1.0, "medium"), (2.5, "low")])
-def test_confidence_levels(spread, level):
-    assert confidence(spread) == level
+def flat_then_blowup(n=120, edge=3e-2, level=2.3, noise=0.04, seed=0, drop=0.0):
+    """A sweep that barely learns: flat (falling by ``drop``) with noise, rising from ``edge``."""
+    rng = np.random.default_rng(seed)
+    lrs = np.logspace(-5, 1, n)
+    x = np.log10(lrs / edge)
+    loss = level * (1 - drop * np.clip((np.log10(lrs) + 5) / (np.log10(edge) + 5), 0, 1))
+    loss = loss + np.where(x > 0, 3.0 * x, 0.0) + rng.normal(0, noise, n)
+    return list(lrs), list(loss)
+
+
+def test_robust_curve_is_a_centred_running_median():
+    assert list(robust_curve([1, 9, 2, 3, 100, 4, 5], 1)) == [5.0, 2.0, 3.0, 3.0, 4.0, 5.0, 4.5]
+
+
+def test_median_window_is_a_tenth_of_a_decade():
+    assert median_half_width(np.logspace(-5, 1, 120)) == 2  # 20 points a decade
+    assert median_half_width(np.logspace(-7, 1, 1000)) == 12  # 125 points a decade
+
+
+def test_edge_is_where_a_flat_noisy_loss_starts_to_rise():
+    lrs, loss = flat_then_blowup(edge=3e-2)
+    marks = find_landmarks(lrs, loss)
+    # The exponentially smoothed curve lags by (1 - f) / f = 19 points, a whole decade here.
+    assert abs(math.log10(marks.edge_lr / 3e-2)) < 0.25
+    assert marks.loss_drop < 0.05
+    assert suggest_rise(lrs, loss) == pytest.approx(marks.edge_lr / RISE_DIVISOR)
+    assert onecycle_max_lr(lrs, loss) == pytest.approx(marks.edge_lr)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_spikes_on_the_flat_part_do_not_fake_an_edge(seed):
+    lrs, loss = flat_then_blowup(edge=3e-2, seed=seed, noise=0.08)
+    for i in (20, 45, 60):  # single wild batches well before the rise
+        loss[i] += 4.0
+    assert abs(math.log10(find_landmarks(lrs, loss).edge_lr / 3e-2)) < 0.3
+
+
+def test_edge_of_a_curve_that_falls_then_rises():
+    lrs, loss = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
+    marks = find_landmarks(lrs, loss)
+    assert marks.min_loss == pytest.approx(1.15, abs=0.06)  # a median of 5 points sits a little above a sharp V
+    assert marks.loss_drop == pytest.approx((marks.start_loss - marks.min_loss) / marks.start_loss)
+    assert 0.4 < marks.loss_drop < 0.5
+    assert abs(math.log10(marks.min_lr / 3e-2)) < 0.2
+    # Half-way back up from 1.15 to 2.3 on a rise of 3 per decade: about 0.19 decades past the bottom.
+    assert 0.1 < math.log10(marks.edge_lr / 3e-2) < 0.35
+
+
+def test_no_edge_when_the_sweep_ends_before_the_rise():
+    lrs = list(np.logspace(-5, -2, 60))
+    loss = list(np.linspace(2.3, 1.2, 60))
+    marks = find_landmarks(lrs, loss)
+    assert marks.edge_lr is None
+    assert suggest_rise(lrs, loss) == pytest.approx(marks.min_lr / 10)
+
+
+def test_suggest_all_reads_rise_from_the_raw_loss_and_the_rest_from_its_smoothing():
+    lrs, loss = flat_then_blowup()
+    result = suggest_all(lrs, loss, 0.05)
+    assert set(result) == {"rise", "steepest", "valley", "minimum"}
+    assert result["rise"] == suggest_rise(lrs, loss)
+    assert result["steepest"] == suggest_steepest(lrs, smooth(loss, 0.05))
+
+
+@pytest.mark.parametrize("evidence,level", [
+    (Evidence(loss_drop=0.03, spread=0.1, edge_found=True), "low"),  # flat: never confident
+    (Evidence(loss_drop=LOW_DROP, spread=0.8, edge_found=True), "medium"),
+    (Evidence(loss_drop=0.5, spread=0.4, edge_found=True), "high"),
+    (Evidence(loss_drop=0.5, spread=0.4, edge_found=False), "low"),
+    (Evidence(loss_drop=0.5, spread=1.5, edge_found=True), "low"),
+    (Evidence(loss_drop=0.03, spread=2.0, edge_found=True, verified=True), "medium"),
+    (Evidence(loss_drop=0.2, spread=0.8, edge_found=True, verified=True), "high"),
+    (Evidence(loss_drop=0.03, spread=0.1, edge_found=True, verified=False), "low"),
+])
+def test_confidence_levels(evidence, level):
+    assert confidence(evidence) == level
 
 
 def test_spread_in_decades():
@@ -99,14 +172,26 @@ def test_spread_in_decades():
 
 
 def test_analysis_warns_for_very_low_and_very_high_rates():
-    verdict, warnings = analyse(1e-3, "high", 0.1)
+    good = Evidence(loss_drop=0.5, spread=0.1, edge_found=True)
+    verdict, warnings = analyse(1e-3, "high", good)
     assert verdict == "Learning rate appears to be in a reasonable range" and warnings == []
-    _, low = analyse(1e-7, "high", 0.1)
+    _, low = analyse(1e-7, "high", good)
     assert len(low) == 1 and "very low" in low[0]
-    _, high = analyse(5.0, "high", 0.1)
+    _, high = analyse(5.0, "high", good)
     assert len(high) == 1 and "very high" in high[0]
-    _, disagree = analyse(1e-3, "low", 2.0)
-    assert "disagree by 2.0 decades" in disagree[0]
+    _, disagree = analyse(1e-3, "low", Evidence(loss_drop=0.5, spread=2.0, edge_found=True))
+    assert disagree == ["The suggestion methods disagree by 2.0 decades: the curve has no single clear "
+                        "reading (noisy loss or too few steps)"]
+
+
+def test_analysis_of_a_sweep_that_barely_learned_says_what_to_do():
+    verdict, warnings = analyse(1e-2, "low", Evidence(loss_drop=0.03, spread=0.2, edge_found=True))
+    assert verdict == "Confidence low: check the warnings below"
+    assert len(warnings) == 1 and warnings[0].startswith("The loss fell only 3% before rising")
+    for advice in ("--lr_iter", "larger batch", "--lr_start", "--lr_verify"):
+        assert advice in warnings[0]
+    _, edge = analyse(1e-2, "low", Evidence(loss_drop=0.5, spread=0.2, edge_found=False, verified=False))
+    assert "raise --lr_end" in edge[0] and "edge of the rates it tried" in edge[1]
 
 
 def test_plot_limits_cut_a_diverging_tail():
