@@ -16,15 +16,17 @@ from pathlib import Path
 from torch import nn
 
 from errors import UserInputError
-from lr_finder import RangeTest, SuggestionError, analyse, confidence, onecycle_max_lr, plot_sweep, smooth, \
-    spread_decades, suggest_all
+from lr_finder import Evidence, RangeTest, SuggestionError, analyse, confidence, find_landmarks, onecycle_max_lr, \
+    plot_sweep, smooth, spread_decades, suggest_all
 from model_resnet50 import create_model
-from preprocess import EpochSampler, build_datasets, build_loader
+from lr_verify import CANDIDATES, best_trial, verify_rates
+from preprocess import EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from train import build_optimizer
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+VERIFY_HELDOUT_BATCHES = 8  # held-out images for --lr_verify: this many batches (global)
 
 
 def output_paths(lr_plot: str) -> dict[str, str]:
@@ -77,27 +79,40 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
-def summarise(sweep, method: str) -> dict:
-    """Suggestions, their agreement and the analysis, or the reason there are none."""
-    curve = sweep.losses
+def summarise(lrs, raw_losses, method: str, smooth_f: float) -> dict:
+    """Every method's rate, the landmarks and the assessment, or the reason there are none."""
     try:
-        suggestions = suggest_all(sweep.lrs, curve)
+        suggestions = suggest_all(lrs, raw_losses, smooth_f)
+        marks = find_landmarks(lrs, raw_losses)
     except SuggestionError as exc:
         return {"success": False, "error": f"no suggestion: {exc}", "suggested_lr": None}
-    spread = spread_decades(suggestions.values())
-    level = confidence(spread)
-    chosen = suggestions[method]
-    verdict, warnings = analyse(chosen, level, spread)
-    return {
+    result = {
         "success": True,
-        "suggested_lr": chosen,
+        "suggested_lr": suggestions[method],
         "suggestion_method": method,
         "suggestions": suggestions,
-        "spread_decades": round(spread, 3),
-        "confidence": level,
-        "onecycle_max_lr": onecycle_max_lr(sweep.lrs, curve),
-        "analysis": {"verdict": verdict, "warnings": warnings},
+        "loss_drop": round(marks.loss_drop, 4),
+        "edge_lr": marks.edge_lr,
+        "min_loss_lr": marks.min_lr,
+        "onecycle_max_lr": onecycle_max_lr(lrs, raw_losses),
     }
+    result.update(assessment(result))
+    return result
+
+
+def assessment(result: dict) -> dict:
+    """Spread, confidence and analysis of a record's suggestions (again after --lr_verify)."""
+    verification = result.get("verification")
+    verified = None
+    if result.get("suggestion_method") == "verified":
+        rates = sorted(t["lr"] for t in verification)
+        verified = rates[0] < result["suggested_lr"] < rates[-1]
+    readings = [v for k, v in result["suggestions"].items() if k != "verified"]
+    evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
+    level = confidence(evidence)
+    verdict, warnings = analyse(result["suggested_lr"], level, evidence)
+    return {"spread_decades": round(evidence.spread, 3), "confidence": level,
+            "analysis": {"verdict": verdict, "warnings": warnings}}
 
 
 def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
@@ -139,17 +154,65 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
                            channels_last=channels_last, stop_requested=stop, dist=dist)
         sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
                              args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
-    elapsed = time.perf_counter() - started
-
-    result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
+        elapsed = time.perf_counter() - started
+        result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
+        if args.lr_verify and result["success"] and sweep.stop_reason != "interrupted":
+            verify_suggestion(args, dist, result, model, optimizer, train_ds, val_ds, precision, channels_last, stop)
     write_rank_history(sweep, dist)
     if dist.is_main:
         write_results(args, paths, sweep, result)
         report_to_user(result, paths)
     suggested = dist.broadcast(result["suggested_lr"])
-    if sweep.stop_reason == "interrupted":
+    if "interrupted" in (sweep.stop_reason, result.get("verify_stop_reason")):
         return SIGNAL_EXIT_CODES.get(stop.signum, 130), None
     return (0, suggested) if result["success"] else (2, None)
+
+
+def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, train_ds, val_ds, precision: str,
+                      channels_last: bool, stop) -> None:
+    """``--lr_verify``: short complete trainings around the suggestion; the best becomes it."""
+    device = dist.device
+    wanted = VERIFY_HELDOUT_BATCHES * args.batch_size * dist.world_size
+    if val_ds is not None:
+        trial_ds, heldout_ds = train_ds, subset(val_ds, balanced_subset(val_ds.subset_targets, wanted, args.seed))
+        source = "val"
+    else:  # never scored on images the trials train on
+        trial_ds, heldout_ds = hold_out(train_ds, min(wanted, len(train_ds) // 5), args.seed, args.input_size)
+        source = "train (held out)"
+    heldout_sampler = EpochSampler(len(heldout_ds), args.seed, False, dist.rank, dist.world_size)
+    heldout = list(build_loader(heldout_ds, args.batch_size, False, 0, device, args.seed, heldout_sampler))
+    sampler = EpochSampler(len(trial_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
+    loader = build_loader(trial_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
+
+    def batches():  # the same sequence of batches for every trial
+        sampler.set_epoch(0)
+        while True:
+            yield from loader
+
+    if dist.is_main:
+        print(f"Verifying: {args.lr_verify} steps at each of {CANDIDATES} rates around "
+              f"{result['suggested_lr']:.2e}, scored on {len(heldout_ds)} held-out images from {source}", flush=True)
+    started = time.perf_counter()
+    trials, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), batches, heldout, result["suggested_lr"],
+                                  args.lr_verify, device, AMP_DTYPES[precision], channels_last, dist, stop)
+    result.update(verification_record(trials, reason, args.lr_verify, source, len(heldout_ds),
+                                      time.perf_counter() - started))
+    best = best_trial(trials)
+    if best is not None and len(trials) >= 2:
+        result["suggestions"]["verified"] = best.lr
+        result["suggested_lr"], result["suggestion_method"] = best.lr, "verified"
+    result.update(assessment(result))
+
+
+def verification_record(trials, reason: str, steps: int, source: str, images: int, elapsed: float) -> dict:
+    return {
+        "verification": [{"lr": t.lr, "loss": t.loss, "top1": round(t.top1, 2), "steps": t.steps} for t in trials],
+        "verify_steps": steps,
+        "verify_total_steps": sum(t.steps for t in trials),
+        "verify_heldout": {"source": source, "images": images},
+        "verify_stop_reason": reason,
+        "verify_elapsed_s": round(elapsed, 2),
+    }
 
 
 def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, batches_per_epoch: int,
@@ -168,6 +231,7 @@ def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, bat
         "lr_end": args.lr_end,
         "lr_iter": num_iter,
         "lr_step_mode": args.lr_step_mode,
+        "optimizer": args.optimizer,
         "steps_run": sweep.steps_run,
         "stop_reason": sweep.stop_reason,
         "stop_step": sweep.stop_step,
@@ -184,10 +248,12 @@ def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, bat
         "images_per_second": round(sweep.steps_run * global_batch / elapsed, 1) if elapsed > 0 else None,
         **{k: v for k, v in paths.items() if k != "json_file"},
     }
-    result.update(summarise(sweep, args.lr_suggest))
+    # Advanced mode reads the validation loss measured after every step.
+    curve = sweep.val_losses if args.lr_advanced else sweep.raw_losses
+    result.update(summarise(sweep.lrs, curve, args.lr_suggest, args.lr_smooth_f))
     if args.lr_advanced:
         try:
-            result["suggestions_training_curve"] = suggest_all(sweep.lrs, smooth(sweep.raw_losses, args.lr_smooth_f))
+            result["suggestions_training_curve"] = suggest_all(sweep.lrs, sweep.raw_losses, args.lr_smooth_f)
         except SuggestionError:
             result["suggestions_training_curve"] = None
     return result
@@ -210,8 +276,8 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
     title = (f"LR range test: {args.dataset}, batch {result['global_batch_size']}, "
              f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
     if sweep.steps_run:
-        plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, args.lr_suggest, title,
-                   args.lr_smooth_f)
+        plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,
+                   args.lr_smooth_f, result.get("verification"))
     atomic_write_json(paths["json_file"], json_safe(result))
     config = {k: v for k, v in sorted(vars(args).items())}
     note = ("(not captured when main.py is run directly; run_lr_finder.py records the full output here)")

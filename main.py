@@ -79,8 +79,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     finder.add_argument("--lr_smooth_f", type=float, default=0.05, help="loss smoothing factor in [0, 1)")
     finder.add_argument("--lr_diverge_th", type=float, default=5.0,
                         help="stop when the smoothed loss exceeds this times the best loss")
-    finder.add_argument("--lr_suggest", default="steepest", choices=("steepest", "valley", "minimum"),
-                        help="which suggestion becomes suggested_lr")
+    finder.add_argument("--lr_suggest", default="rise", choices=("rise", "steepest", "valley", "minimum"),
+                        help="which reading of the curve becomes suggested_lr: rise = half the rate at which the "
+                             "loss starts to rise (measured best in benchmarks/suggestion_study.py); steepest, "
+                             "valley (fastai) and minimum (a tenth of the lowest point) read the smoothed curve")
+    finder.add_argument("--lr_verify", type=int, default=0, metavar="N",
+                        help="after the sweep, train N steps (warm-up + cosine to 0) from the same initial weights "
+                             "at 5 rates x2 apart around the suggestion, score each on held-out images (val/ if "
+                             "present, else a held-out slice of train/) and suggest the best (0: off)")
     finder.add_argument("--lr_val_batches", type=int, default=2, help="validation batches per step in --lr_advanced")
 
     optim = parser.add_argument_group("Optimizer (shared by the finder and training)")
@@ -95,6 +101,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="training learning rate (peak for onecycle)")
     train.add_argument("--lr_from", default=None, metavar="JSON",
                        help="take the learning rate from a suggested_lr.json written by the finder")
+    train.add_argument("--no_lr_scaling", action="store_true",
+                       help="with --lr_from: use the found rate as it is, even when the global batch differs from "
+                            "the sweep's (by default it is scaled: linearly for SGD, by the square root for AdamW)")
     train.add_argument("--train", action="store_true",
                        help="with --find_lr: train with the suggested rate right after the sweep")
     train.add_argument("--scheduler", default="cosine", choices=("cosine", "step", "onecycle", "none"),
@@ -150,6 +159,12 @@ def validate_args(args, parser) -> None:
     for name in ("batch_size", "epochs", "lr_val_batches", "step_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)} must be at least 1")
+    if args.lr_verify < 0 or args.lr_verify == 1:
+        parser.error(f"--lr_verify {args.lr_verify}: give 0 (off) or at least 2 steps per trial")
+    if args.lr_verify and not args.find_lr:
+        parser.error("--lr_verify goes with --find_lr")
+    if args.no_lr_scaling and not args.lr_from:
+        parser.error("--no_lr_scaling goes with --lr_from")
     if args.max_samples is not None and args.max_samples < 1:
         parser.error(f"--max_samples {args.max_samples} must be at least 1")
     if args.num_workers < 0:

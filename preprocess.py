@@ -10,6 +10,7 @@ device by ``to_model_input`` (a quarter of the bytes to copy, and channels_last 
         x = to_model_input(images, device, channels_last=True)
 """
 
+import copy
 import os
 import random
 import sys
@@ -234,6 +235,23 @@ def balanced_subset(targets: list[int], max_samples: int, seed: int) -> list[int
             if q and len(chosen) < max_samples:
                 chosen.append(int(q.pop()))
     return sorted(chosen)
+
+
+def subset(dataset: AugmentedImages, positions, transform: A.Compose | None = None) -> AugmentedImages:
+    """A copy of ``dataset`` holding only these positions of it (and another transform, if given)."""
+    part = copy.copy(dataset)
+    part.restrict(dataset.index[np.asarray(positions, dtype=np.int64)])
+    if transform is not None:
+        part.transform = transform
+    return part
+
+
+def hold_out(dataset: AugmentedImages, count: int, seed: int, input_size: int):
+    """Split off ``count`` images (class-balanced, seeded) with the evaluation transform: returns
+    (the rest, the held-out part). For checks that must not be scored on what they trained on."""
+    held = balanced_subset(dataset.subset_targets, count, seed)
+    rest = np.setdiff1d(np.arange(len(dataset)), held)
+    return subset(dataset, rest), subset(dataset, held, build_val_transform(input_size))
 
 
 def _load_cifar100(data_dir: Path, train: bool, transform: A.Compose) -> ArrayImages:
