@@ -95,8 +95,9 @@ def median_half_width(lrs) -> int:
 class Landmarks:
     """What a range test shows, read from the raw loss: where the loss starts, its lowest point,
     and the edge, the rate at which the loss, on its way to the blow-up, has climbed back
-    halfway from its lowest point to its starting level (Smith's upper bound: where the loss
-    starts to rise). ``edge_lr`` is None when the sweep ended before the loss rose."""
+    half-way from its lowest point to its starting level, and clear of the noise (Smith's upper
+    bound: where the loss starts to rise). ``edge_lr`` is None when the sweep ended before the
+    loss rose."""
     start_loss: float
     min_loss: float
     min_lr: float
@@ -109,8 +110,10 @@ class Landmarks:
 
 
 def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks:
+    """The ``Landmarks`` of a sweep's raw losses (the same window as every suggestion)."""
     lrs, raw = _window(lrs, raw_losses, skip_start, skip_end)
-    curve = robust_curve(raw, median_half_width(lrs))
+    half = median_half_width(lrs)
+    curve = robust_curve(raw, half)
     start = float(np.median(raw[:max(MIN_POINTS, len(raw) // 10)]))
     # The blow-up: the first point half as high again as the start. The minimum is sought
     # before it (a fall after a blow-up is a recovery) and the edge is the last crossing of the
@@ -120,7 +123,6 @@ def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks
     lowest = int(np.argmin(curve[:max(blow, 1)]))
     # On a curve that barely fell, half-way is inside the noise: the level is then set above the
     # noise of the median itself (from the spread of the raw loss around it, robustly).
-    half = median_half_width(lrs)
     residuals = (raw - curve)[:max(blow, MIN_POINTS)]
     noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))) * 1.25 / math.sqrt(2 * half + 1)
     level = curve[lowest] + max(0.5 * (start - curve[lowest]), NOISE_MARGIN * noise)

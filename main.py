@@ -15,8 +15,8 @@ DATASETS = ("imagenet1k", "cifar100", "digits")
 DEFAULT_INPUT_SIZE = {"imagenet1k": 224, "cifar100": 32, "digits": 32}
 STANDARD_CLASSES = {"imagenet1k": 1000, "cifar100": 100, "digits": 10}
 # What --demo changes, unless the flag was given explicitly: small enough for a 2-core CPU.
-DEMO_SETTINGS = {"dataset": "digits", "input_size": 16, "batch_size": 32, "lr_iter": 170,
-                 "lr_start": 1e-3, "lr_end": 10.0, "num_workers": 2}
+DEMO_SETTINGS = {"dataset": "digits", "input_size": 16, "batch_size": 32, "lr_iter": 200,
+                 "lr_start": 3e-3, "lr_end": 1.0, "num_workers": 2}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
