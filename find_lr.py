@@ -11,15 +11,16 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from torch import nn
 
 from errors import UserInputError
-from lr_finder import RangeTest, SuggestionError, analyse, confidence, onecycle_max_lr, plot_sweep, smooth, \
-    spread_decades, suggest_all
+from lr_finder import RangeTest, SuggestionError, amp_options, analyse, confidence, onecycle_max_lr, plot_sweep, \
+    smooth, spread_decades, suggest_all
 from model_resnet50 import create_model
-from preprocess import EpochSampler, build_datasets, build_loader
+from preprocess import MAX_BAD_FRACTION, EpochSampler, build_datasets, build_loader, to_model_input
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from train import build_optimizer
@@ -135,8 +136,10 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 
     started = time.perf_counter()
     with StopOnSignal(abort_on_second=not dist.enabled) as stop:
-        finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device, amp_dtype=AMP_DTYPES[precision],
-                           channels_last=channels_last, stop_requested=stop, dist=dist)
+        finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device,
+                           **amp_options(device, AMP_DTYPES[precision]),
+                           input_transform=partial(to_model_input, device=device, channels_last=channels_last),
+                           stop_requested=stop, dist=dist, max_bad_fraction=MAX_BAD_FRACTION)
         sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
                              args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
     elapsed = time.perf_counter() - started
