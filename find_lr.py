@@ -215,8 +215,8 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
     if sweep.steps_run:
         plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, args.lr_suggest, title,
                    args.lr_smooth_f)
-    atomic_write_json(paths["json_file"], json_safe(result))
-    config = {k: v for k, v in sorted(vars(args).items())}
+    config = dict(sorted(vars(args).items()))  # effective: after --demo and the derived defaults
+    atomic_write_json(paths["json_file"], json_safe({**result, "config": config}))
     note = ("(not captured when main.py is run directly; run_lr_finder.py records the full output here)")
     atomic_write_text(paths["log_file"], render_log(config, shlex.join([sys.executable] + sys.argv), note, result))
 
