@@ -11,16 +11,18 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from torch import nn
 
 from errors import UserInputError
-from lr_finder import Evidence, RangeTest, SuggestionError, analyse, confidence, find_landmarks, onecycle_max_lr, \
-    plot_sweep, smooth, spread_decades, suggest_all
-from model_resnet50 import create_model
+from lr_finder import Evidence, RangeTest, SuggestionError, amp_options, analyse, confidence, find_landmarks, \
+    onecycle_max_lr, plot_sweep, smooth, spread_decades, suggest_all
 from lr_verify import CANDIDATES, best_trial, verify_rates
-from preprocess import EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
+from model_resnet50 import create_model
+from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
+    to_model_input
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from train import build_optimizer
@@ -150,8 +152,10 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 
     started = time.perf_counter()
     with StopOnSignal(abort_on_second=not dist.enabled) as stop:
-        finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device, amp_dtype=AMP_DTYPES[precision],
-                           channels_last=channels_last, stop_requested=stop, dist=dist)
+        finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device,
+                           **amp_options(device, AMP_DTYPES[precision]),
+                           input_transform=partial(to_model_input, device=device, channels_last=channels_last),
+                           stop_requested=stop, dist=dist, max_bad_fraction=MAX_BAD_FRACTION)
         sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
                              args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
         elapsed = time.perf_counter() - started
@@ -278,8 +282,8 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
     if sweep.steps_run:
         plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,
                    args.lr_smooth_f, result.get("verification"))
-    atomic_write_json(paths["json_file"], json_safe(result))
-    config = {k: v for k, v in sorted(vars(args).items())}
+    config = dict(sorted(vars(args).items()))  # effective: after --demo and the derived defaults
+    atomic_write_json(paths["json_file"], json_safe({**result, "config": config}))
     note = ("(not captured when main.py is run directly; run_lr_finder.py records the full output here)")
     atomic_write_text(paths["log_file"], render_log(config, shlex.join([sys.executable] + sys.argv), note, result))
 

@@ -1,9 +1,12 @@
 """The learning-rate range test: torch-lr-finder's ``LRFinder`` extended, the suggestion
 math as pure functions over (lrs, losses), and the plot.
 
-    finder = RangeTest(model, optimizer, criterion, device, amp_dtype=torch.bfloat16)
+    finder = RangeTest(model, optimizer, criterion, device, **amp_options(device, torch.bfloat16),
+                       input_transform=partial(to_model_input, device=device))
     sweep = finder.sweep(train_loader, start_lr=1e-7, end_lr=10, num_iter=1000)
-    suggestions = suggest_all(sweep.lrs, sweep.losses)
+    suggestions = suggest_all(sweep.lrs, sweep.raw_losses, smooth_f=0.05)
+
+(``to_model_input`` is preprocess.py's; any other model takes ``RangeTest`` as it takes ``LRFinder``.)
 """
 
 import contextlib
@@ -17,7 +20,6 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
 from torch_lr_finder.lr_finder import StateCacher
 
 from errors import UserInputError
-from preprocess import MAX_BAD_FRACTION, to_model_input
 from runtime import Distributed, unwrap
 
 MIN_POINTS = 5
@@ -307,7 +309,8 @@ class CpuStateCacher(StateCacher):
 
 
 class CountingTrainIter(TrainDataLoaderIter):
-    """Cycles the loader (library behaviour) and counts the unreadable files workers skipped."""
+    """Cycles the loader (library behaviour) over our (images, labels, skipped) batches and
+    counts the unreadable files workers skipped."""
 
     def __init__(self, data_loader):
         super().__init__(data_loader, auto_reset=True)
@@ -335,55 +338,83 @@ class FixedValBatches(ValDataLoaderIter):
         return iter(self.batches)
 
 
-class RangeTest(LRFinder):
-    """LRFinder with mixed precision, channels_last uint8 batches, raw-loss history,
-    NaN-safe stopping, interruption and a CPU-side cache of the initial state."""
+def amp_options(device, amp_dtype: torch.dtype | None) -> dict:
+    """LRFinder's mixed-precision arguments for autocast in ``amp_dtype`` (fp16 with a
+    GradScaler); none for full precision."""
+    if amp_dtype is None:
+        return {}
+    device_type = torch.device(device).type
+    return {"amp_backend": "torch", "amp_config": {"device_type": device_type, "dtype": amp_dtype},
+            "grad_scaler": torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)}
 
-    def __init__(self, model, optimizer, criterion, device, amp_dtype=None, channels_last=True,
-                 stop_requested=lambda: False, dist: Distributed | None = None):
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        amp_config = {"device_type": device.type, "dtype": amp_dtype, "enabled": amp_dtype is not None}
-        super().__init__(model, optimizer, criterion, device=device, memory_cache=True,
-                         amp_backend="torch", amp_config=amp_config, grad_scaler=scaler)
-        self.state_cacher = CpuStateCacher()
-        self.state_cacher.store("model", self.model.state_dict())
-        self.state_cacher.store("optimizer", self.optimizer.state_dict())
-        self.channels_last = channels_last
+
+class RangeTest(LRFinder):
+    """A drop-in ``LRFinder`` (same arguments, same ``range_test``/``reset``/``plot``/``history``)
+    that also stops cleanly on a NaN/inf loss or a stop request, records the raw loss of every
+    step (``last_sweep``), keeps an in-memory initial state on the CPU, and under torchrun
+    averages each step's loss over the ranks.
+
+    Keyword-only: ``input_transform(inputs)`` puts a batch's inputs on the device in the model's
+    form (default: moved as the library moves them); ``stop_requested()`` is asked after every
+    step; ``max_bad_fraction`` stops a ``sweep`` whose loader skipped more unreadable files."""
+
+    def __init__(self, model, optimizer, criterion, device=None, memory_cache=True, cache_dir=None,
+                 amp_backend=None, amp_config=None, grad_scaler=None, *, input_transform=None,
+                 stop_requested=lambda: False, dist: Distributed | None = None,
+                 max_bad_fraction: float | None = None):
+        super().__init__(model, optimizer, criterion, device=device, memory_cache=memory_cache,
+                         cache_dir=cache_dir, amp_backend=amp_backend, amp_config=amp_config,
+                         grad_scaler=grad_scaler)
+        self.input_transform = input_transform
         self.stop_requested = stop_requested
-        self.dist = dist or Distributed(device=device)
-        self._sweep: Sweep | None = None
+        self.dist = dist or Distributed(device=torch.device(self.device))
+        self.max_bad_fraction = max_bad_fraction
+        self.last_sweep: Sweep | None = None
         self._stop_next = False
 
-    def reset(self):
-        super().reset()
-        self.model.to(self.device)
+    @property
+    def state_cacher(self):
+        return self._state_cacher
+
+    @state_cacher.setter
+    def state_cacher(self, cacher):
+        # LRFinder.__init__ stores the initial state right after making its cacher: an
+        # in-memory one is swapped for ours first, so no second copy is ever made on the GPU.
+        self._state_cacher = CpuStateCacher() if cacher.in_memory else cacher
 
     def _move_to_device(self, inputs, labels, non_blocking=True):
-        return (to_model_input(inputs, self.device, self.channels_last),
-                labels.to(self.device, non_blocking=non_blocking))
+        if self.input_transform is None:
+            return super()._move_to_device(inputs, labels, non_blocking)
+        _, labels = super()._move_to_device(None, labels, non_blocking)
+        return self.input_transform(inputs), labels
 
     def _current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def _scaler_enabled(self) -> bool:
+        return self.amp_backend == "torch" and self.grad_scaler.is_enabled()
+
     def _train_batch(self, train_iter, accumulation_steps, non_blocking_transfer=True):
         if self._stop_next:
             raise SweepStopped("interrupted")
-        scale = self.grad_scaler.get_scale() if self.grad_scaler.is_enabled() else None
+        scale = self.grad_scaler.get_scale() if self._scaler_enabled() else None
         local = super()._train_batch(train_iter, accumulation_steps, non_blocking_transfer)
         # One all-reduce carries the loss, any rank's stop request and the bad-file counts:
         # the loss is averaged *before* smoothing, so every rank records the same curve and
         # takes every decision below at the same step; no rank is left waiting for another.
         loss_sum, stops, bad, seen = self.dist.all_reduce_sum(
-            [local, float(self.stop_requested()), train_iter.bad, train_iter.seen])
+            [local, float(self.stop_requested()), getattr(train_iter, "bad", 0), getattr(train_iter, "seen", 0)])
         loss = loss_sum / self.dist.world_size
-        self._sweep.raw_losses.append(loss)
-        self._sweep.bad_images = int(bad)
-        if bad > MAX_BAD_FRACTION * max(seen, len(train_iter.dataset)):
+        record = self.last_sweep
+        record.raw_losses.append(loss)
+        record.bad_images = int(bad)
+        limit = self.max_bad_fraction
+        if limit is not None and bad > limit * max(seen, len(train_iter.dataset)):
             raise UserInputError(
-                f"{int(bad)} unreadable images in {int(seen)} read (over {MAX_BAD_FRACTION:.0%}): "
+                f"{int(bad)} unreadable images in {int(seen)} read (over {limit:.0%}): "
                 "the data looks broken; see the warnings above for the files")
         if scale is not None and self.grad_scaler.get_scale() < scale:
-            self._sweep.skipped_steps.append(len(self._sweep.raw_losses) - 1)
+            record.skipped_steps.append(len(record.raw_losses) - 1)
         if not math.isfinite(loss):
             raise SweepStopped("non_finite_loss", self._current_lr())
         if stops:
@@ -394,44 +425,55 @@ class RangeTest(LRFinder):
         total, count = 0.0, 0
         model = unwrap(self.model)  # no DDP collectives: ranks may hold different batch counts
         model.eval()
-        with torch.no_grad(), torch.amp.autocast(**self.amp_config):
+        autocast = torch.amp.autocast(**self.amp_config) if self.amp_backend == "torch" else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
             for inputs, labels in val_iter:
                 inputs, labels = self._move_to_device(inputs, labels, non_blocking_transfer)
                 total += self.criterion(model(inputs), labels).item() * len(labels)
                 count += len(labels)
         total, count = self.dist.all_reduce_sum([total, count])
         loss = total / count
-        self._sweep.val_losses.append(loss)
+        self.last_sweep.val_losses.append(loss)
         if not math.isfinite(loss):
             raise SweepStopped("non_finite_loss", self._current_lr())
         return loss
 
-    def sweep(self, train_loader, start_lr, end_lr, num_iter, step_mode="exp", smooth_f=0.05,
-              diverge_th=5.0, val_loader=None, val_batches=2) -> Sweep:
-        """Run the range test, then restore the initial model and optimizer state."""
-        self._sweep = result = Sweep(lrs=[], losses=[], raw_losses=[])
+    def range_test(self, train_loader, val_loader=None, start_lr=None, end_lr=10, num_iter=100, step_mode="exp",
+                   smooth_f=0.05, diverge_th=5, accumulation_steps=1, non_blocking_transfer=True):
+        """``LRFinder.range_test``; a NaN/inf loss or a stop request ends it after the steps so
+        far (kept in ``history``), and ``last_sweep`` records how it ended and the raw losses."""
+        self.last_sweep = result = Sweep(lrs=[], losses=[], raw_losses=[])
         self._stop_next = False
-        train_iter = CountingTrainIter(train_loader)
-        val_iter = FixedValBatches(val_loader, val_batches) if val_loader is not None else None
-        library_output = io.StringIO()
         try:
-            with contextlib.redirect_stdout(library_output):
-                self.range_test(train_iter, val_loader=val_iter, start_lr=start_lr, end_lr=end_lr,
-                                num_iter=num_iter, step_mode=step_mode, smooth_f=smooth_f,
-                                diverge_th=diverge_th)
+            super().range_test(train_loader, val_loader, start_lr, end_lr, num_iter, step_mode, smooth_f,
+                               diverge_th, accumulation_steps, non_blocking_transfer)
             if len(self.history["lr"]) < num_iter:
                 result.stop_reason = "diverged"
                 result.stop_step, result.stop_lr = len(self.history["lr"]) - 1, self.history["lr"][-1]
         except SweepStopped as stop:
             result.stop_reason, result.stop_lr = stop.reason, stop.lr
             result.stop_step = len(self.history["lr"])
+            print(f"Stopping early: {stop.reason.replace('_', ' ')}")
         finally:
             result.lrs = [float(x) for x in self.history["lr"]]
             result.losses = [float(x) for x in self.history["loss"]]
             result.raw_losses = result.raw_losses[: len(result.lrs)]
             result.val_losses = result.val_losses[: len(result.lrs)]
+
+    def sweep(self, train_loader, start_lr, end_lr, num_iter, step_mode="exp", smooth_f=0.05,
+              diverge_th=5.0, val_loader=None, val_batches=2) -> Sweep:
+        """Our image loaders' range test (batches of images, labels, skipped files), quiet on
+        stdout; the initial model and optimizer state is restored at the end."""
+        train_iter = CountingTrainIter(train_loader)
+        val_iter = FixedValBatches(val_loader, val_batches) if val_loader is not None else None
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.range_test(train_iter, val_loader=val_iter, start_lr=start_lr, end_lr=end_lr,
+                                num_iter=num_iter, step_mode=step_mode, smooth_f=smooth_f,
+                                diverge_th=diverge_th)
+        finally:
             self.reset()
-        return result
+        return self.last_sweep
 
 
 # ------------------------------------------------------------------------- plot

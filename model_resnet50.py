@@ -18,14 +18,7 @@ from torch import nn
 from torchvision.models import resnet50
 
 from errors import UserInputError
-
-# At or below this size the 7x7/2 stem and the max-pool would shrink the image to
-# nothing useful, so the CIFAR-style 3x3/1 stem is used instead.
-SMALL_INPUT_MAX = 64
-
-
-def uses_small_stem(input_size: int) -> bool:
-    return input_size <= SMALL_INPUT_MAX
+from input_size import is_small_input
 
 
 def build_resnet50(num_classes: int = 1000, input_size: int = 224, zero_init_residual: bool = True) -> nn.Module:
@@ -35,7 +28,7 @@ def build_resnet50(num_classes: int = 1000, input_size: int = 224, zero_init_res
     begins as the identity (Goyal et al. 2017; NVIDIA's v1.5 recipe): without it a network
     trained from scratch blows up at rates it would otherwise learn at."""
     model = resnet50(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
-    if uses_small_stem(input_size):
+    if is_small_input(input_size):
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
@@ -241,7 +234,7 @@ def load_pretrained_resnet50(device, num_classes: int = 1000, input_size: int = 
     model = build_resnet50(num_classes, input_size)
     target_shapes = {key: value.shape for key, value in model.state_dict().items()}
     notes, skipped = [], set()
-    if uses_small_stem(input_size):
+    if is_small_input(input_size):
         skipped |= {key for key in target_shapes if key.startswith(("conv1.", "bn1."))}
         notes.append(f"the 7x7 stem does not fit the 3x3 stem used at {input_size} px, "
                      f"so conv1/bn1 are re-initialised")

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from errors import UserInputError
+from input_size import is_small_input
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,12 +64,6 @@ def decode_rgb(path: str) -> np.ndarray:
 def resize_size(input_size: int) -> int:
     """The resize before cropping, in ImageNet's 256 -> 224 proportion."""
     return round(input_size * 256 / 224)
-
-
-def is_small_input(input_size: int) -> bool:
-    from model_resnet50 import uses_small_stem
-
-    return uses_small_stem(input_size)
 
 
 def build_train_transform(input_size: int, seed: int | None = None) -> A.Compose:

@@ -113,6 +113,15 @@ def read_fresh_json(path: Path, not_before: float) -> dict | None:
         return None
 
 
+def logged_config(result: dict, args: argparse.Namespace) -> dict:
+    """The configuration the child ran with, as its JSON records it; if it wrote none, the
+    flags as parsed here, marked as such (they miss what --demo and the defaults derive)."""
+    if result.get("config"):
+        return result["config"]
+    return {"(note)": "main.py recorded no configuration (it failed before writing its JSON): "
+                      "these are the flags as the runner parsed them", **dict(sorted(vars(args).items()))}
+
+
 def main(argv=None) -> int:
     parser = get_runner_parser()
     args = parser.parse_args(argv)
@@ -143,7 +152,7 @@ def main(argv=None) -> int:
     if not plot.exists():
         result["plot_file"] = None
     atomic_write_json(json_path, result)
-    atomic_write_text(log, render_log(dict(sorted(vars(args).items())), shlex.join(command), output, result))
+    atomic_write_text(log, render_log(logged_config(result, args), shlex.join(command), output, result))
     print(f"Log: {log}\nJSON: {json_path}" + (f"\nPlot: {plot}" if plot.exists() else ""))
     return code if code != 0 else (0 if result.get("success") else 1)
 

@@ -16,13 +16,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lr_finder import RangeTest
+from lr_finder import RangeTest, amp_options
 from model_resnet50 import create_model
 from preprocess import to_model_input
 from train import build_optimizer
@@ -129,8 +130,10 @@ class FinderAgainstPlainLoop:
                                  shuffle=False, drop_last=True, num_workers=0)
         self.model, self.optimizer = build_model_and_optimizer(setup)
         self.criterion = nn.CrossEntropyLoss()
-        self.finder = RangeTest(self.model, self.optimizer, self.criterion, setup.device, amp_dtype=setup.amp_dtype,
-                                channels_last=setup.channels_last)
+        self.finder = RangeTest(self.model, self.optimizer, self.criterion, setup.device,
+                                **amp_options(setup.device, setup.amp_dtype),
+                                input_transform=partial(to_model_input, device=setup.device,
+                                                        channels_last=setup.channels_last))
         self.scaler = new_scaler(setup)
 
     def finder_steps_per_second(self, steps: int) -> float:

@@ -1,6 +1,7 @@
 """The RangeTest subclass in-process on a tiny model: stopping rules and state restore."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lr_finder import RangeTest
+from preprocess import to_model_input
 
 
 class Tiny(nn.Module):
@@ -33,7 +35,9 @@ def make_finder(criterion=None, **kw):
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    finder = RangeTest(model, opt, criterion or nn.CrossEntropyLoss(), torch.device("cpu"), **kw)
+    device = torch.device("cpu")
+    finder = RangeTest(model, opt, criterion or nn.CrossEntropyLoss(), device,
+                       input_transform=partial(to_model_input, device=device), **kw)
     return finder, model
 
 
@@ -134,7 +138,7 @@ def test_bad_image_counts_stop_a_broken_dataset():
     n = 24
     images = torch.zeros(n, 4, 4, 3, dtype=torch.uint8)
     data = TensorDataset(images, torch.arange(n) % 3, torch.ones(n, dtype=torch.long))  # every read skipped one
-    finder, _ = make_finder()
+    finder, _ = make_finder(max_bad_fraction=0.01)
     with pytest.raises(UserInputError, match="unreadable images in 4 read"):
         finder.sweep(DataLoader(data, batch_size=4), 1e-4, 1e-2, num_iter=5)
 

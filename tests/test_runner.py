@@ -12,20 +12,28 @@ from run_lr_finder import collapse_carriage_returns, forwarded_argv, get_runner_
 
 def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
     out = tmp_path / "outputs"
-    proc = run_cli("run_lr_finder.py", "--data_dir", image_folder, "--output_dir", out, *FAST,
-                   "--lr_iter", "10", "--lr_end", "1")
+    no_input_size = [flag for flag in FAST if flag not in ("--input_size", "32")]
+    proc = run_cli("run_lr_finder.py", "--dataset", "digits", "--data_dir", image_folder, "--output_dir", out,
+                   *no_input_size, "--lr_iter", "10", "--lr_end", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "Range test: imagenet1k" in proc.stdout  # the child's output is shown live
+    assert "Range test: digits" in proc.stdout  # the child's output is shown live
     result = json.loads((out / "suggested_lr.json").read_text())
     assert result["success"] is True and result["exit_code"] == 0
-    assert result["plot_file"] == str(out / "lr_finder_imagenet1k.png")
+    assert result["plot_file"] == str(out / "lr_finder_digits.png")
     assert result["log_file"] == str(out / "lr_finder_log.txt")
-    assert (out / "lr_finder_imagenet1k.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "lr_finder_digits.png").read_bytes()[:4] == b"\x89PNG"
     log = (out / "lr_finder_log.txt").read_text()
+    # CONFIGURATION is what the child ran with, as its JSON records it: input_size derived for
+    # digits (the runner's parser has None), lr_plot set by the runner (its parser has the default)
+    config = log_config(log)
+    assert config["input_size"] == "32" and config["batch_size"] == "4" and config["lr_iter"] == "10"
+    assert config["dataset"] == "digits" and config["data_dir"] == str(image_folder)
+    assert config["lr_plot"] == str(out / "lr_finder_digits.png") and "(note)" not in config
+    assert result["config"]["input_size"] == 32 and result["config"]["data_dir"] == str(image_folder)
     command = log.split("COMMAND\n")[1].split("\n")[1]
     assert "main.py --find_lr" in command and "--batch_size 4" in command and "--lr_end 1.0" in command
     output = log.split("OUTPUT (stdout and stderr)\n")[1]
-    assert "Range test: imagenet1k, 24 training images in 3 classes" in output
+    assert "Range test: digits, 24 training images in 3 classes" in output
     assert "10/10" in output  # the progress bar's final state, stderr captured too
     assert "\r" not in log
     assert f"Suggested LR       : {result['suggested_lr']:.2e}" in log
@@ -41,6 +49,14 @@ def test_failing_child_still_gives_log_and_unsuccessful_json(tmp_path):
     assert result["plot_file"] is None and result["exit_code"] == 2
     log = (out / "lr_finder_log.txt").read_text()
     assert expected in log and "No learning rate could be suggested" in log
+    config = log_config(log)
+    assert config["(note)"].startswith("main.py recorded no configuration")
+    assert config["data_dir"] == str(tmp_path / "missing") and config["input_size"] == "32"
+
+
+def log_config(log: str) -> dict:
+    section = log.split("CONFIGURATION\n")[1].split("=" * 80 + "\n")[1].split("\n" + "=" * 80)[0]
+    return {key.strip(): value for key, value in (line.split(" : ", 1) for line in section.strip().splitlines())}
 
 
 def test_sigint_to_the_runner_stops_the_sweep_and_keeps_partial_results(image_folder, tmp_path):
