@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def build_link_tree(root: Path, classes: int = SCALE_CLASSES, per_class: int = SCALE_PER_CLASS,
-                    sources: int = 8) -> Path:
-    """``root/train/n<8 digits>/<k>.JPEG``: hard links to ``sources`` real JPEGs (reused if complete)."""
+                    sources: int = 64) -> Path:
+    """``root/train/n<8 digits>/<k>.JPEG``: hard links to ``sources`` real JPEGs (reused if complete;
+    64 sources keep each under ext4's 65,000 links per file)."""
     if (root / "train").is_dir() and len(os.listdir(root / "train")) == classes:
         return root
     seeds = sorted(write_jpeg_folder(root / "seed", sources, classes=1).glob("train/*/*.JPEG"))
