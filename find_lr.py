@@ -112,7 +112,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     seed_everything(args.seed)
 
     train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples,
-                                      args.seed, need_val=args.lr_advanced)
+                                      args.seed, need_val=args.lr_advanced, val_labels=args.val_labels,
+                                      rescan=args.rescan)
     sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
     train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
     val_loader = None
@@ -142,6 +143,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     elapsed = time.perf_counter() - started
 
     result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
+    result.update(train_ds.layout)
     write_rank_history(sweep, dist)
     if dist.is_main:
         write_results(args, paths, sweep, result)

@@ -73,15 +73,24 @@ def worker_growth_mb(images) -> float:
 
 
 def first_step_seconds(root: Path, work: Path) -> float:
-    """Wall time of ``main.py --find_lr`` with two small steps on the CPU, from process start."""
-    command = [sys.executable, str(REPO / "main.py"), "--find_lr", "--data_dir", str(root), "--lr_iter", "2",
+    """Seconds from starting ``main.py --find_lr`` (CPU, small steps) to its progress bar showing
+    the first training step done; the child is then stopped."""
+    command = [sys.executable, str(REPO / "main.py"), "--find_lr", "--data_dir", str(root), "--lr_iter", "20",
                "--batch_size", "4", "--input_size", "64", "--num_workers", "1", "--no_cuda",
                "--lr_plot", str(work / "out" / "lr.png")]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        raise RuntimeError(f"main.py --find_lr failed: {done.stderr.strip()[-500:]}")
-    return time.perf_counter() - started
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    seen = b""
+    try:
+        while b" 1/20 " not in seen:
+            chunk = os.read(child.stderr.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"main.py --find_lr ended before its first step: {seen.decode()[-500:]}")
+            seen += chunk
+        return time.perf_counter() - started
+    finally:
+        child.kill()
+        child.wait()
 
 
 def measure_scale(work: Path) -> dict[str, float]:
