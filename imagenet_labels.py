@@ -133,7 +133,7 @@ def read_devkit_files(meta: Path, truth: Path) -> dict[str, str]:
 def read_devkit_tar(path: Path) -> dict[str, str]:
     members = {}
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:gz") as tar:
             for member in tar:
                 name = Path(member.name).name
                 if member.isfile() and name in (META_MAT, GROUND_TRUTH) and "data" in Path(member.name).parts:
