@@ -91,3 +91,28 @@ def test_archives_without_devkit_are_refused(tmp_path, capsys):
     (source / "ILSVRC2012_devkit_t12.tar.gz").unlink()
     assert main([str(source), "--out", str(tmp_path / "data")]) == 2
     assert "no ILSVRC2012_devkit_t12.tar.gz next to ILSVRC2012_img_val.tar" in capsys.readouterr().err
+
+
+def test_a_run_killed_mid_class_finishes_on_the_second_run(tmp_path, monkeypatch):
+    import shutil
+
+    source = write_official_archives(tmp_path / "downloads")
+    out = tmp_path / "data"
+    copy, copied = shutil.copyfileobj, []
+
+    def killed_on_the_fifth_file(src, dst, *args):
+        if len(copied) == 4:
+            raise KeyboardInterrupt  # the kill: class 1 complete, class 2 has one file of three
+        copied.append(dst.name)
+        copy(src, dst, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", killed_on_the_fifth_file)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, out)
+    assert sorted(os.listdir(out / "train")) == [WNIDS[0]]  # no half class under its final name
+    partial = out / PARTIAL / "train" / WNIDS[1]  # the second file was opened, still empty, when killed
+    assert sorted(os.listdir(partial)) == [f"{WNIDS[1]}_0.JPEG", f"{WNIDS[1]}_1.JPEG"]
+    assert (partial / f"{WNIDS[1]}_1.JPEG").stat().st_size == 0
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    prepare(source, out)
+    assert tree_contents(out) == expected_tree()
