@@ -24,17 +24,13 @@ from tqdm import tqdm
 
 from errors import EXIT_USAGE, UserInputError
 from imagenet_labels import find_labels_file, label_val_files, read_val_labels
+from main import OneLineErrorParser
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 KAGGLE_TREE = Path("ILSVRC") / "Data" / "CLS-LOC"
 PARTIAL = ".partial"  # under DATA_DIR: work in progress, never read as data
 FULL_SET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -271,12 +271,11 @@ def scan_image_folder(root: Path, rescan: bool = False) -> tuple[list[str], Path
         return classes, *cached
     relative, counts, empty = [], [], []
     for name in classes:
-        files = sorted(
-            os.path.relpath(os.path.join(dirpath, f), root)
-            for dirpath, _, names in os.walk(root / name, followlinks=True)
-            for f in names
-            if _is_image(f)
-        )
+        files = []
+        for dirpath, _, names in os.walk(root / name, followlinks=True):
+            prefix = os.path.relpath(dirpath, root) + os.sep  # once per folder: relpath is slow
+            files.extend(prefix + f for f in names if _is_image(f))
+        files.sort()
         if not files:
             empty.append(name)
         relative.extend(files)

@@ -167,3 +167,20 @@ def test_each_unreadable_file_counts_once(tmp_path, capsys):
     assert sorted(os.path.basename(train.paths[i]) for i in counting.bad_files) == ["cat_a_text.JPEG", "cat_b_cut.JPEG"]
     err = capsys.readouterr().err
     assert err.count("cat_a_text.JPEG: not a readable image") == 1 and err.count("cat_b_cut.JPEG: truncated") == 1
+
+
+def test_help_documents_val_labels_and_rescan():
+    from main import get_args_parser
+
+    text = " ".join(get_args_parser().format_help().split())
+    assert "--val_labels PATH labels of a flat val/: ILSVRC2012_devkit_t12.tar.gz" in text
+    assert "--rescan scan the image folders again instead of reusing the cached file index" in text
+
+
+def test_missing_val_labels_file_is_a_one_line_usage_error(tmp_path, capsys):
+    from main import parse_args
+
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--find_lr", "--val_labels", str(tmp_path / "nope.csv")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.endswith(f": error: --val_labels {tmp_path / 'nope.csv'}: not found (see --help)\n")
