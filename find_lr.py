@@ -128,8 +128,12 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     channels_last = not args.no_channels_last
     seed_everything(args.seed)
 
+    # val/ is read only when used: advanced mode, and --lr_verify when there is one (else it holds
+    # out part of train/).
+    verify_on_val = args.lr_verify > 0 and (args.dataset == "cifar100" or Path(args.data_dir, "val").is_dir())
     train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples,
-                                      args.seed, need_val=args.lr_advanced)
+                                      args.seed, need_val=args.lr_advanced or verify_on_val,
+                                      val_labels=args.val_labels, rescan=args.rescan)
     sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
     train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
     val_loader = None
@@ -160,6 +164,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
                              args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
         elapsed = time.perf_counter() - started
         result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
+        result.update(train_ds.layout)
         if args.lr_verify and result["success"] and sweep.stop_reason != "interrupted":
             verify_suggestion(args, dist, result, model, optimizer, train_ds, val_ds, precision, channels_last, stop)
     write_rank_history(sweep, dist)

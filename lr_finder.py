@@ -309,16 +309,22 @@ class CpuStateCacher(StateCacher):
 
 
 class CountingTrainIter(TrainDataLoaderIter):
-    """Cycles the loader (library behaviour) over our (images, labels, skipped) batches and
-    counts the unreadable files workers skipped."""
+    """Cycles the loader (library behaviour) over our (images, labels, bad file) batches and counts
+    the unreadable files workers skipped: the third element holds each sample's bad file index
+    (-1: none), so each file counts once."""
 
     def __init__(self, data_loader):
         super().__init__(data_loader, auto_reset=True)
-        self.bad = self.seen = 0
+        self.bad_files: set[int] = set()
+        self.seen = 0
+
+    @property
+    def bad(self) -> int:
+        return len(self.bad_files)
 
     def inputs_labels_from_batch(self, batch_data):
-        images, labels, skipped = batch_data
-        self.bad += int(skipped.sum())
+        images, labels, bad_files = batch_data
+        self.bad_files.update(i for i in bad_files.tolist() if i >= 0)
         self.seen += len(labels)
         return images, labels
 

@@ -7,6 +7,7 @@
 """
 
 import argparse
+import os
 import sys
 
 from errors import EXIT_USAGE, UserInputError
@@ -45,7 +46,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     data = parser.add_argument_group("Data")
-    data.add_argument("--data_dir", default="./data", help="folder holding train/ and val/ (one sub-folder per class)")
+    data.add_argument("--data_dir", default="./data",
+                      help="folder holding train/ (one sub-folder per class) and val/ (class folders, or flat "
+                           "ILSVRC2012_val_*.JPEG labelled as --val_labels says); the range test reads only train/")
     data.add_argument("--dataset", default="imagenet1k", choices=DATASETS,
                       help="imagenet1k: ImageFolder tree; cifar100: cifar-100-python/ inside --data_dir; "
                            "digits: the built-in demo data")
@@ -53,6 +56,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="image side in pixels (default: 224 for imagenet1k, 32 for cifar100/digits)")
     data.add_argument("--max_samples", type=int, default=None,
                       help="use at most this many images (class-balanced, seeded), for quick tests")
+    data.add_argument("--val_labels", default=None, metavar="PATH",
+                      help="labels of a flat val/: ILSVRC2012_devkit_t12.tar.gz, its unpacked folder, or Kaggle's "
+                           "LOC_val_solution.csv (default: searched in --data_dir and up to 3 folders above, "
+                           "else wnids in the file names)")
+    data.add_argument("--rescan", action="store_true",
+                      help="scan the image folders again instead of reusing the cached file index "
+                           "(kept while the class folders' names and modification times are unchanged)")
     data.add_argument("--num_workers", type=int, default=4, help="data loading processes (capped at the CPUs available)")
     data.add_argument("--seed", type=int, default=0, help="seed for the subset, initial weights and data order")
     data.add_argument("--demo", action="store_true",
@@ -167,6 +177,8 @@ def validate_args(args, parser) -> None:
         parser.error("--no_lr_scaling goes with --lr_from")
     if args.max_samples is not None and args.max_samples < 1:
         parser.error(f"--max_samples {args.max_samples} must be at least 1")
+    if args.val_labels and not os.path.exists(args.val_labels):
+        parser.error(f"--val_labels {args.val_labels}: not found")
     if args.num_workers < 0:
         parser.error(f"--num_workers {args.num_workers} must be 0 or more")
     if args.input_size is not None and args.input_size < 16:

@@ -11,9 +11,11 @@ device by ``to_model_input`` (a quarter of the bytes to copy, and channels_last 
 """
 
 import copy
+import hashlib
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
@@ -27,6 +29,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from errors import UserInputError
 from input_size import is_small_input
+from imagenet_labels import find_labels_file, label_val_files, read_val_labels, wnid_from_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,13 +110,16 @@ def to_model_input(images: torch.Tensor, device: torch.device, channels_last: bo
 
 class AugmentedImages(Dataset):
     """Base: ``load(i)`` gives an RGB array, the transform augments it, items are
-    ``(uint8 HWC tensor, label, bad_files_skipped)``."""
+    ``(uint8 HWC tensor, label, bad_file)``: ``bad_file`` is the index of the sample's own file
+    when it could not be read (a stand-in took its place), else -1. Each bad file is thus
+    named by its own sample only, never again as someone else's stand-in."""
 
-    def __init__(self, targets: list[int], classes: list[str], transform: A.Compose):
-        self.targets = list(targets)
+    def __init__(self, targets, classes: list[str], transform: A.Compose):
+        self.targets = np.asarray(targets, dtype=np.int64)  # no per-item objects to copy in workers
         self.classes = list(classes)
         self.transform = transform
         self.index = np.arange(len(self.targets))
+        self.warned: set[int] = set()
 
     def load(self, i: int) -> np.ndarray:
         raise NotImplementedError
@@ -127,7 +133,7 @@ class AugmentedImages(Dataset):
 
     @property
     def subset_targets(self) -> list[int]:
-        return [self.targets[i] for i in self.index]
+        return self.targets[self.index].tolist()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -141,25 +147,52 @@ class AugmentedImages(Dataset):
             # One generator pair shared by all transforms: a fifth of set_random_seed's cost
             # (one pair per transform) and still a pure function of the seed.
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        skipped = 0
+        bad_file, step = -1, 0
         while True:
-            i = int(self.index[(position + skipped) % len(self.index)])
+            i = int(self.index[(position + step) % len(self.index)])
             try:
                 image = self.load(i)
                 break
             except BadImageError as exc:
-                skipped += 1
-                print(f"warning: skipping {exc}", file=sys.stderr, flush=True)
-                if skipped >= len(self.index):
+                if step == 0:
+                    bad_file = i
+                if i not in self.warned:
+                    self.warned.add(i)
+                    print(f"warning: skipping {exc}", file=sys.stderr, flush=True)
+                step += 1
+                if step >= len(self.index):
                     raise UserInputError("no readable image in the dataset") from exc
         out = self.transform(image=image)["image"]
-        return torch.from_numpy(np.ascontiguousarray(out)), self.targets[i], skipped
+        return torch.from_numpy(np.ascontiguousarray(out)), int(self.targets[i]), bad_file
+
+
+class PathIndex:
+    """File paths as one bytes buffer plus int64 offsets, relative to ``root``: two numpy
+    arrays instead of 1.28 M str objects, so forked workers read them without copy-on-read
+    (touching a Python object writes its reference count and un-shares its page)."""
+
+    def __init__(self, root: str, buffer: np.ndarray, offsets: np.ndarray):
+        self.root = os.fsencode(os.path.join(root, ""))
+        self.buffer, self.offsets = buffer, offsets
+
+    @classmethod
+    def from_relative(cls, root: str, relative: list[str]) -> "PathIndex":
+        encoded = [os.fsencode(p) for p in relative]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return cls(root, np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return os.fsdecode(self.root + self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes())
 
 
 class FolderImages(AugmentedImages):
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: A.Compose):
-        super().__init__([t for _, t in samples], classes, transform)
-        self.paths = [p for p, _ in samples]
+    def __init__(self, paths: PathIndex, targets, classes: list[str], transform: A.Compose):
+        super().__init__(targets, classes, transform)
+        self.paths = paths
 
     def load(self, i: int) -> np.ndarray:
         return decode_rgb(self.paths[i])
@@ -178,28 +211,108 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names (sorted folder names) and (path, class index) samples under ``root``."""
+INDEX_VERSION = 1
+
+
+def index_cache_file(root: Path) -> Path:
+    """Next to the data when that folder is writable, else in the user cache (``LR_FINDER_CACHE``)."""
+    if os.access(root.parent, os.W_OK):
+        return root.parent / f".lr_finder_index_{root.name}.npz"
+    from demo_data import demo_cache_root
+
+    key = hashlib.sha1(os.fsencode(root.resolve())).hexdigest()[:16]
+    return demo_cache_root() / "index" / f"{root.name}-{key}.npz"
+
+
+def class_folder_state(root: Path) -> tuple[list[str], np.ndarray]:
+    """Sorted class folder names and their modification times (ns): what the cache is checked against."""
+    entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(root) if e.is_dir())
+    return [name for name, _ in entries], np.array([m for _, m in entries], dtype=np.int64)
+
+
+def load_cached_index(cache: Path, root: Path, classes: list[str], mtimes: np.ndarray):
+    try:
+        with np.load(cache, allow_pickle=False) as saved:
+            if (int(saved["version"]) != INDEX_VERSION or saved["classes"].tolist() != classes
+                    or not np.array_equal(saved["mtimes"], mtimes)):
+                return None
+            return PathIndex(str(root), saved["buffer"], saved["offsets"]), saved["labels"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent, unreadable or from another version: scan again
+
+
+def save_cached_index(cache: Path, classes: list[str], mtimes: np.ndarray, paths: PathIndex,
+                      labels: np.ndarray) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.name, suffix=".tmp", delete=False) as f:
+            np.savez(f, version=INDEX_VERSION, classes=np.array(classes), mtimes=mtimes, buffer=paths.buffer,
+                     offsets=paths.offsets, labels=labels)
+        os.replace(f.name, cache)
+    except OSError as exc:  # a cache is a convenience: say so and go on
+        print(f"warning: could not cache the file index at {cache} ({exc.strerror})", file=sys.stderr)
+
+
+def scan_image_folder(root: Path, rescan: bool = False) -> tuple[list[str], PathIndex, np.ndarray]:
+    """Class names (sorted folder names), the image paths and their class indices under ``root``;
+    reused from the index cache while the class folders' names and mtimes are unchanged."""
     if not root.is_dir():
         raise UserInputError(f"{root}: folder not found; expected one sub-folder of images per class")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    classes, mtimes = class_folder_state(root)
     if not classes:
         raise UserInputError(f"{root}: has no class folders; put each class's images in {root}/<class>/")
-    samples, empty = [], []
-    for label, name in enumerate(classes):
-        files = sorted(
-            os.path.join(dirpath, f)
-            for dirpath, _, names in os.walk(root / name, followlinks=True)
-            for f in names
-            if _is_image(f)
-        )
+    cache = index_cache_file(root)
+    cached = None if rescan else load_cached_index(cache, root, classes, mtimes)
+    if cached is not None:
+        return classes, *cached
+    relative, counts, empty = [], [], []
+    for name in classes:
+        files = []
+        for dirpath, _, names in os.walk(root / name, followlinks=True):
+            prefix = os.path.relpath(dirpath, root) + os.sep  # once per folder: relpath is slow
+            files.extend(prefix + f for f in names if _is_image(f))
+        files.sort()
         if not files:
             empty.append(name)
-        samples.extend((f, label) for f in files)
+        relative.extend(files)
+        counts.append(len(files))
     if empty:
         shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
         raise UserInputError(f"{root}: class folder(s) with no images: {shown}; add images or remove the folder(s)")
-    return classes, samples
+    paths = PathIndex.from_relative(str(root), relative)
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
+    save_cached_index(cache, classes, mtimes, paths, labels)
+    return classes, paths, labels
+
+
+def has_class_folders(root: Path) -> bool:
+    return any(e.is_dir() for e in os.scandir(root))
+
+
+def scan_flat_val(root: Path, classes: list[str], val_labels: str | None, data_dir: Path):
+    """Paths and class indices of a flat ``val/`` (``ILSVRC2012_val_*.JPEG``), labelled from
+    ``val_labels``, a labels file found next to the data, or wnids in the file names; and the
+    layout name and labels file used."""
+    names = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image(e.name))
+    if not names:
+        raise UserInputError(f"{root}: no images and no class folders; put each class's images in {root}/<class>/")
+    source = Path(val_labels) if val_labels else find_labels_file(data_dir)
+    if source is not None:
+        labels, layout = read_val_labels(source), "flat_val_kaggle_csv" if source.suffix == ".csv" else "flat_val_devkit"
+    elif all(wnid_from_name(n) for n in names):
+        labels, layout = None, "flat_val_wnid_in_name"
+    else:
+        raise UserInputError(
+            f"{root}: flat val/ and no labels for it: pass --val_labels (ILSVRC2012_devkit_t12.tar.gz, its "
+            f"unpacked folder, or Kaggle's LOC_val_solution.csv), or put one in {data_dir} or up to 3 folders above")
+    where = str(source) if source is not None else "the file names"
+    wnids = label_val_files(names, labels, where)
+    index = {c: k for k, c in enumerate(classes)}
+    for name, wnid in zip(names, wnids):
+        if wnid not in index:
+            raise UserInputError(f"{where}: {name} is labelled {wnid}, a class not in train/")
+    targets = np.array([index[w] for w in wnids], dtype=np.int64)
+    return PathIndex.from_relative(str(root), names), targets, layout, (str(source) if source else None)
 
 
 def check_same_classes(train_classes: list[str], val_classes: list[str], val_root: Path) -> None:
@@ -263,8 +376,9 @@ def _load_cifar100(data_dir: Path, train: bool, transform: A.Compose) -> ArrayIm
 
 
 def build_datasets(dataset: str, data_dir: str, input_size: int, max_samples: int | None = None,
-                   seed: int = 0, need_val: bool = True):
-    """(train, val) datasets; ``val`` is None when not needed and ``val/`` is absent."""
+                   seed: int = 0, need_val: bool = True, val_labels: str | None = None, rescan: bool = False):
+    """(train, val) datasets; ``val`` is None when not needed (``val/`` is then not looked at).
+    ``train.layout`` says which layout and labels file were used (for the JSON records)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise UserInputError(f"--data_dir {data_dir}: folder not found; it must contain train/ and val/")
@@ -272,14 +386,22 @@ def build_datasets(dataset: str, data_dir: str, input_size: int, max_samples: in
     if dataset == "cifar100":
         train = _load_cifar100(root, True, train_tf)
         val = _load_cifar100(root, False, val_tf) if need_val else None
+        train.layout = {"data_layout": "cifar100", "val_labels_file": None}
     else:
-        classes, samples = scan_image_folder(root / "train")
-        train = FolderImages(samples, classes, train_tf)
+        classes, paths, targets = scan_image_folder(root / "train", rescan)
+        train = FolderImages(paths, targets, classes, train_tf)
+        train.layout = {"data_layout": "train_only", "val_labels_file": None}
         val = None
-        if need_val or (root / "val").is_dir():
-            val_classes, val_samples = scan_image_folder(root / "val")
-            check_same_classes(classes, val_classes, root / "val")
-            val = FolderImages(val_samples, val_classes, val_tf)
+        if need_val:
+            val_root = root / "val"
+            if val_root.is_dir() and not has_class_folders(val_root):
+                val_paths, val_targets, layout, labels_file = scan_flat_val(val_root, classes, val_labels, root)
+                train.layout = {"data_layout": layout, "val_labels_file": labels_file}
+            else:
+                val_classes, val_paths, val_targets = scan_image_folder(val_root, rescan)
+                check_same_classes(classes, val_classes, val_root)
+                train.layout["data_layout"] = "class_folders"
+            val = FolderImages(val_paths, val_targets, classes, val_tf)
     if max_samples:
         train.restrict(balanced_subset(train.targets, max_samples, seed))
         if val is not None:

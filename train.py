@@ -268,7 +268,8 @@ def run_training(args, dist: Distributed) -> int:
     amp_dtype, channels_last = AMP_DTYPES[precision], not args.no_channels_last
     seed_everything(args.seed)
 
-    train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples, args.seed)
+    train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples, args.seed,
+                                      val_labels=args.val_labels, rescan=args.rescan)
     sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size)
     val_sampler = EpochSampler(len(val_ds), args.seed, False, dist.rank, dist.world_size)
     train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
@@ -276,6 +277,7 @@ def run_training(args, dist: Distributed) -> int:
     steps_per_epoch = len(train_loader)
     num_classes = len(train_ds.classes)
     config = resolved_config(args, num_classes, precision, dist.world_size, lr_source)
+    config.update(train_ds.layout)
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
                                     pretrained=args.use_pretrained, weights_path=args.pretrained_path,

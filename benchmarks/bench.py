@@ -373,6 +373,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=None,
                         help="keep the JPEGs and child outputs here (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", action="store_true",
+                        help="only the 1.28 M-file index figures (scale.py; builds the hard-link tree in --workdir)")
     return parser
 
 
@@ -436,8 +438,21 @@ def run_benchmark(args) -> int:
     return 0
 
 
+def run_scale(args) -> int:
+    from scale import measure_scale
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
+        figures = measure_scale(Path(args.workdir or scratch))
+    print(figures)
+    if args.json:
+        atomic_write_json(args.json, figures)
+        print(f"figures written to {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
-    return run_benchmark(get_args_parser().parse_args(argv))
+    args = get_args_parser().parse_args(argv)
+    return run_scale(args) if args.scale else run_benchmark(args)
 
 
 if __name__ == "__main__":

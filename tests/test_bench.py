@@ -38,3 +38,21 @@ def test_quick_tiny_run_writes_every_figure_and_prints_the_table(tmp_path):
     jpegs = sorted((work / "data" / "train").rglob("*.JPEG"))
     assert len(jpegs) == result["settings"]["images"]
     assert cv2.imread(str(jpegs[0])).shape == (375, 500, 3)  # ImageNet-sized, from real photographs
+
+
+def test_scale_tree_is_hard_links_and_a_worker_reads_the_index_without_copying(tmp_path):
+    import os
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from preprocess import build_datasets
+    from scale import build_link_tree, worker_growth_mb
+
+    root = build_link_tree(tmp_path / "tree", classes=3, per_class=5, sources=2)
+    files = sorted((root / "train").rglob("*.JPEG"))
+    assert len(files) == 15 and sorted(os.listdir(root / "train")) == ["n00000000", "n00000001", "n00000002"]
+    assert os.path.samefile(files[0], files[2])  # links to the same two JPEGs, in turn
+    train, _ = build_datasets("imagenet1k", str(root), 32, need_val=False)
+    assert 0 <= worker_growth_mb(train) < 10

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -17,6 +18,9 @@ def find_lr(data, out, *extra):
 
 def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     out = tmp_path / "results" / "nested"  # created on demand
+    shutil.rmtree(image_folder / "val")  # a flat val/ with no labels anywhere: the range test does not read it
+    (image_folder / "val").mkdir()
+    shutil.copy(image_folder / "train" / "cat" / "cat_000.JPEG", image_folder / "val" / "ILSVRC2012_val_00000001.JPEG")
     proc = find_lr(image_folder, out, "--lr_iter", "12", "--lr_start", "1e-4", "--lr_end", "1", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "suggested_lr.json").read_text())
@@ -24,6 +28,7 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     assert result["success"] is True and result["dataset"] == "imagenet1k" and result["batch_size"] == 4
     assert result["lr_start"] == 1e-4 and result["lr_end"] == 1 and result["lr_iter"] == 12 and result["seed"] == 3
     assert result["device"] == "cpu" and result["plot_file"] == str(out / "plot.png")
+    assert result["data_layout"] == "train_only" and result["val_labels_file"] is None
     assert 1e-4 <= result["suggested_lr"] <= 1
     assert result["stop_reason"] in ("completed", "diverged") and 2 <= result["steps_run"] <= 12
     assert result["diverged"] == (result["stop_reason"] == "diverged")
@@ -57,7 +62,7 @@ def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_fol
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "suggested_lr.json").read_text())
     assert result["lr_iter"] == 6 and result["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs
-    assert result["lr_finder_epochs"] == 2.0
+    assert result["lr_finder_epochs"] == 2.0 and result["data_layout"] == "class_folders"
     assert result["curve"] == "validation" and set(result["suggestions_training_curve"]) == {
         "rise", "steepest", "valley", "minimum"}
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))

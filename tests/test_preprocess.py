@@ -80,8 +80,8 @@ def test_image_folder_datasets_and_max_samples(tmp_path):
     train, val = build_datasets("imagenet1k", str(root), 32, max_samples=9, seed=0)
     assert train.classes == ["cat", "dog", "fox"] and len(train) == 9 and len(val) == 6
     assert sorted(Counter(train.subset_targets).values()) == [3, 3, 3]
-    image, label, skipped = train[0]
-    assert image.shape == (32, 32, 3) and image.dtype == torch.uint8 and skipped == 0
+    image, label, bad_file = train[0]
+    assert image.shape == (32, 32, 3) and image.dtype == torch.uint8 and bad_file == -1
 
 
 def test_training_loader_drops_the_last_partial_batch_and_refuses_oversized_batches(tmp_path):
@@ -104,8 +104,8 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, capsys):
     root = make_image_folder(tmp_path, per_class=4, val_per_class=1)
     (root / "train" / "cat" / "cat_000.JPEG").write_text("this is not an image")
     train, _ = build_datasets("imagenet1k", str(root), 32)
-    image, label, skipped = train[0]
-    assert skipped == 1 and label == 0 and image.shape == (32, 32, 3)
+    image, label, bad_file = train[0]
+    assert bad_file == 0 and label == 0 and image.shape == (32, 32, 3)
     assert "cat_000.JPEG: not a readable image" in capsys.readouterr().err
 
 

@@ -27,7 +27,7 @@ def loader(n=24, batch=4, constant=False):
     if constant:  # identical images with different labels: the loss cannot fall below log(3)
         images[:] = 128
     labels = torch.arange(n) % 3
-    return DataLoader(TensorDataset(images, labels, torch.zeros(n, dtype=torch.long)), batch_size=batch,
+    return DataLoader(TensorDataset(images, labels, torch.full((n,), -1)), batch_size=batch,
                       shuffle=True, drop_last=True, generator=g)
 
 
@@ -137,7 +137,7 @@ def test_bad_image_counts_stop_a_broken_dataset():
 
     n = 24
     images = torch.zeros(n, 4, 4, 3, dtype=torch.uint8)
-    data = TensorDataset(images, torch.arange(n) % 3, torch.ones(n, dtype=torch.long))  # every read skipped one
+    data = TensorDataset(images, torch.arange(n) % 3, torch.arange(n))  # every sample's own file was bad
     finder, _ = make_finder(max_bad_fraction=0.01)
     with pytest.raises(UserInputError, match="unreadable images in 4 read"):
         finder.sweep(DataLoader(data, batch_size=4), 1e-4, 1e-2, num_iter=5)

@@ -85,6 +85,7 @@ def test_two_epochs_write_metrics_plot_config_and_checkpoints(trained):
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     config = json.loads((out / "config.json").read_text())
     assert config["lr"] == 0.02 and config["num_classes"] == 3 and config["scheduler"] == "cosine"
+    assert config["data_layout"] == "class_folders" and config["val_labels_file"] is None
     last = torch.load(out / "last.pt", weights_only=True)
     best = torch.load(out / "best.pt", weights_only=True)
     assert last["epoch"] == 2 and last["step_in_epoch"] == 0 and len(last["lr_trace"]) == 12
