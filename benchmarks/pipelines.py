@@ -51,13 +51,12 @@ def pipeline_passes(root: Path, input_size: int, seed: int) -> dict[str, Callabl
     with the training transform, fed by ``EpochSampler`` keys as in training: OpenCV decode
     + albumentations, uint8 out), torchvision (ImageFolder + PIL + torchvision.transforms,
     float out) and the OpenCV decode floor."""
-    classes, samples = scan_image_folder(root / "train")
-    ours = FolderImages(samples, classes, build_train_transform(input_size, seed))
+    classes, paths, targets = scan_image_folder(root / "train")
+    ours = FolderImages(paths, targets, classes, build_train_transform(input_size, seed))
     # The training loaders' sampler: (position, augmentation seed) keys, reseeding per sample.
     keys = list(EpochSampler(len(ours), seed))
     torch.manual_seed(seed)  # torchvision's random transforms draw from torch's generator
     theirs = datasets.ImageFolder(str(root / "train"), transform=torchvision_train_transform(input_size))
-    paths = [path for path, _ in samples]
     count = len(paths)
     return {
         "ours": lambda: images_per_second(lambda i: ours[keys[i]], count),

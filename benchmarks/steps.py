@@ -50,14 +50,14 @@ def build_model_and_optimizer(setup: Setup) -> tuple[nn.Module, torch.optim.Opti
 
 
 def uint8_batches(setup: Setup, count: int) -> TensorDataset:
-    """``count`` batches' worth of random uint8 NHWC images, labels and zero skip counts,
+    """``count`` batches' worth of random uint8 NHWC images, labels and no bad file (-1),
     shaped like what ``preprocess.build_loader`` yields."""
     generator = torch.Generator().manual_seed(setup.seed)
     n = count * setup.batch_size
     images = torch.randint(0, 256, (n, setup.input_size, setup.input_size, 3), dtype=torch.uint8,
                            generator=generator)
     labels = torch.randint(0, setup.num_classes, (n,), generator=generator)
-    return TensorDataset(images, labels, torch.zeros(n, dtype=torch.int64))
+    return TensorDataset(images, labels, torch.full((n,), -1))
 
 
 def synchronize(device: torch.device) -> None:
