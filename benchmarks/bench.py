@@ -10,6 +10,7 @@ interleaved repeats (A B A B ...). Prints a Markdown table; ``--json`` writes ev
     .venv/bin/python benchmarks/bench.py --quick --json /tmp/bench.json   # ~2-3 min on 2 cores
     .venv/bin/python benchmarks/bench.py                                  # longer, steadier
     .venv/bin/python benchmarks/bench.py --device cuda                    # batch 256 on a GPU
+    .venv/bin/python benchmarks/bench.py --device cuda --compile          # also torch.compile's step, peak GPU memory
 """
 
 import argparse
@@ -217,6 +218,14 @@ def measure_finder_overhead(settings: Settings, device: torch.device, precision:
                   "RangeTest.sweep", "plain hand-written loop", samples["finder"], samples["plain"])
 
 
+def measure_compiled_step(settings: Settings, device: torch.device, precision: str) -> float:
+    """img/s of the same step with the model under torch.compile; the warm-up pays for compiling."""
+    runner = StepRunner(Setup(device, settings.step_batch, settings.step_size, AMP_DTYPES[precision], True))
+    runner.model = torch.compile(runner.model)
+    runner.warm_up(settings.step_warmup + 2)
+    return statistics.median(runner.measure(settings.step_steps) for _ in range(settings.step_rounds))
+
+
 class ChildFailed(RuntimeError):
     pass
 
@@ -375,6 +384,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", action="store_true",
                         help="only the 1.28 M-file index figures (scale.py; builds the hard-link tree in --workdir)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the training step with the model under torch.compile")
     return parser
 
 
@@ -421,19 +432,27 @@ def run_benchmark(args) -> int:
         except ChildFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    extras = {}  # not ratios against a target: figures the GPU check reports as they are
+    if args.compile:
+        with stage(f"compiled training step: batch {settings.step_batch}", others):
+            extras["step_compiled_img_s"] = round(measure_compiled_step(settings, device, precision), 2)
+    if device.type == "cuda":  # the in-process steps and finder at the step batch; main.py runs are children
+        extras["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     elapsed = time.perf_counter() - clock
 
     print()
     print(f"{started[:10]}, {machine['cpu']}, {machine['cpu_cores']} cores, GPU {machine['gpu'] or 'none'}, "
           f"torch {machine['torch']}, device {device}, precision {precision}")
     print(markdown_table(figures, peak_rss_mb, settings, device, precision))
+    for key, value in extras.items():
+        print(f"{key}: {value:,}")
     print(f"\nratios: medians of interleaved repeats, ± half their range; {elapsed:.0f} s in all")
     disturbed = {title: cores for title, cores in others.items() if cores > DISTURBED_CORES}
     for title, cores in disturbed.items():
         print(f"warning: other processes kept {cores:.2f} cores busy during '{title}': those figures are disturbed")
     if args.json:
-        atomic_write_json(args.json, results_json(figures, peak_rss_mb, machine, settings, others, started, elapsed,
-                                                  device, precision))
+        atomic_write_json(args.json, {**results_json(figures, peak_rss_mb, machine, settings, others, started,
+                                                     elapsed, device, precision), **extras})
         print(f"figures written to {args.json}")
     return 0
 
