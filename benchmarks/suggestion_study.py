@@ -6,7 +6,9 @@ every suggestion method placed on that curve.
 For every case and method it reports the suggested rate, log10(suggested / best grid rate), the
 val top-1 interpolated at the suggestion (linear in log lr between grid points), its gap to the
 best, and whether it lands in the plateau: the grid rates whose top-1 is within the seed noise of
-the best (a suggestion lands when its nearest grid rate is one of them).
+the best. A suggestion lands in the plateau when it lies within the span of those rates, widened by
+half a grid step on each side: between two rates that both train as well as the best, a rate
+that scored lower is taken as noise, not as a hole in the plateau.
 
     uv run python benchmarks/suggestion_study.py --json outputs/study.json --plot outputs/study.png
     uv run python benchmarks/suggestion_study.py --quick --json /tmp/q.json     # a minute, for tests
@@ -154,8 +156,11 @@ def plateau(grid: dict[float, float], best: float, noise: float) -> list[float]:
     return sorted(r for r, top1 in grid.items() if top1 >= best - noise)
 
 
-def nearest_rate(lr: float, rates) -> float:
-    return min(rates, key=lambda r: abs(math.log10(r / lr)))
+def in_span(lr: float, rates: list[float]) -> bool:
+    """Inside the span of these grid rates, widened by half a grid step on each side (the rates
+    nearer to one of them than to the grid rate beyond)."""
+    half_step = math.sqrt(GRID_STEP)
+    return rates[0] / half_step <= lr <= rates[-1] * half_step
 
 
 def place(lr: float, grid: dict[float, float], noise: float) -> dict:
@@ -165,7 +170,7 @@ def place(lr: float, grid: dict[float, float], noise: float) -> dict:
     top1, extrapolated = interpolate_top1(lr, grid)
     return {"lr": lr, "log10_ratio": round(math.log10(lr / best_lr), 3), "top1": round(top1, 2),
             "gap": round(best - top1, 2), "extrapolated": extrapolated,
-            "in_plateau": nearest_rate(lr, grid) in plateau(grid, best, noise)}
+            "in_plateau": in_span(lr, plateau(grid, best, noise))}
 
 
 # ------------------------------------------------------------------- one case
