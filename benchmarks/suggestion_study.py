@@ -237,8 +237,9 @@ def run_case(case: Case, work: Path, quiet: bool, verify: bool) -> CaseResult:
     for lr in rates:
         result.grid[lr] = train(lr, 0)
     for _ in range(MAX_EXTENSIONS):  # the best must be inside the grid, not at an edge
+        result.grid = dict(sorted(result.grid.items()))  # ties go to the lowest rate, here and below
         best_lr = max(result.grid, key=result.grid.get)
-        ordered = sorted(result.grid)
+        ordered = list(result.grid)
         if best_lr == ordered[0]:
             new = ordered[0] / GRID_STEP
         elif best_lr == ordered[-1]:
