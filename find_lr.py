@@ -18,7 +18,7 @@ from torch import nn
 
 from errors import UserInputError
 from lr_finder import Evidence, RangeTest, SuggestionError, amp_options, analyse, confidence, find_landmarks, \
-    onecycle_max_lr, plot_sweep, smooth, spread_decades, suggest_all
+    plot_sweep, smooth, spread_decades, suggest_all
 from lr_verify import CANDIDATES, best_trial, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
@@ -96,7 +96,7 @@ def summarise(lrs, raw_losses, method: str, smooth_f: float) -> dict:
         "loss_drop": round(marks.loss_drop, 4),
         "edge_lr": marks.edge_lr,
         "min_loss_lr": marks.min_lr,
-        "onecycle_max_lr": onecycle_max_lr(lrs, raw_losses),
+        "onecycle_max_lr": marks.onecycle_lr,
     }
     result.update(assessment(result))
     return result

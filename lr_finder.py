@@ -20,7 +20,7 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
 from torch_lr_finder.lr_finder import StateCacher
 
 from errors import UserInputError
-from runtime import Distributed, unwrap
+from runtime import Distributed, cpu_copy, unwrap
 
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
@@ -110,6 +110,16 @@ class Landmarks:
         """How far the loss fell, as a fraction of where it started."""
         return (self.start_loss - self.min_loss) / self.start_loss if self.start_loss > 0 else 0.0
 
+    @property
+    def rise_lr(self) -> float:
+        """The ``rise`` suggestion: the edge over RISE_DIVISOR, else a tenth of the lowest point's rate."""
+        return self.edge_lr / RISE_DIVISOR if self.edge_lr is not None else self.min_lr / 10
+
+    @property
+    def onecycle_lr(self) -> float:
+        """The peak for one-cycle: the edge itself (Smith's upper bound), else the lowest point's rate."""
+        return self.edge_lr if self.edge_lr is not None else self.min_lr
+
 
 def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks:
     """The ``Landmarks`` of a sweep's raw losses (the same window as every suggestion)."""
@@ -170,14 +180,12 @@ def suggest_minimum(lrs, losses, skip_start=None, skip_end=None) -> float:
 def suggest_rise(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
     """A fraction (``1 / RISE_DIVISOR``) of the edge: the rate at which the loss starts to rise
     (see ``Landmarks``); a tenth of the lowest point's rate when the sweep never reached it."""
-    marks = find_landmarks(lrs, raw_losses, skip_start, skip_end)
-    return marks.edge_lr / RISE_DIVISOR if marks.edge_lr is not None else marks.min_lr / 10
+    return find_landmarks(lrs, raw_losses, skip_start, skip_end).rise_lr
 
 
 def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
     """The peak for one-cycle: the edge itself (Smith's upper bound), else the lowest point's rate."""
-    marks = find_landmarks(lrs, raw_losses, skip_start, skip_end)
-    return marks.edge_lr if marks.edge_lr is not None else marks.min_lr
+    return find_landmarks(lrs, raw_losses, skip_start, skip_end).onecycle_lr
 
 
 # Readings of the curve the library smooths (lagging) and the default, read from the raw loss.
@@ -288,16 +296,6 @@ class Sweep:
         return len(self.lrs)
 
 
-def _to_cpu(obj):
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 class CpuStateCacher(StateCacher):
     """Keeps the initial model/optimizer state in host memory, not as a second GPU copy."""
 
@@ -305,7 +303,7 @@ class CpuStateCacher(StateCacher):
         super().__init__(in_memory=True)
 
     def store(self, key, state_dict):
-        self.cached[key] = _to_cpu(state_dict)
+        self.cached[key] = cpu_copy(state_dict)
 
 
 class CountingTrainIter(TrainDataLoaderIter):

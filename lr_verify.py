@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from runtime import Distributed, unwrap
+from runtime import Distributed, cpu_copy, unwrap
 from train import evaluate, lr_multiplier, train_step
 
 CANDIDATES = 5
@@ -67,16 +67,6 @@ class Interrupted(Exception):
     pass
 
 
-def _cpu_copy(state):
-    if torch.is_tensor(state):
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        return {k: _cpu_copy(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_cpu_copy(v) for v in state]
-    return state
-
-
 def verify_rates(model, optimizer, criterion, batches, heldout, center: float, steps: int, device,
                  amp_dtype=None, channels_last: bool = True, dist: Distributed | None = None,
                  stop_requested=lambda: False) -> tuple[list[Trial], str]:
@@ -85,8 +75,8 @@ def verify_rates(model, optimizer, criterion, batches, heldout, center: float, s
     sequence for every trial; ``heldout`` is a list of batches. The model and optimizer end in
     the state they started in."""
     dist = dist or Distributed(device=device)
-    start_model = _cpu_copy(unwrap(model).state_dict())
-    start_optimizer = _cpu_copy(optimizer.state_dict())
+    start_model = cpu_copy(unwrap(model).state_dict())
+    start_optimizer = cpu_copy(optimizer.state_dict())
     rates = candidate_rates(center)
     trials: list[Trial] = []
     bar = tqdm(total=len(rates) * steps, desc="lr_verify", unit="step", dynamic_ncols=True,

@@ -128,6 +128,17 @@ def shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def cpu_copy(obj):
+    """A copy of a (nested) state dict with every tensor in host memory."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module inside torch.compile and DistributedDataParallel wrappers."""
     model = getattr(model, "_orig_mod", model)
