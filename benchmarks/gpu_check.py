@@ -1,15 +1,18 @@
 """The steps of the GPU check (benchmarks/gpu_check.sh prepares the environment, then runs this):
-CUDA-marked tests, bench.py figures, main.py --find_lr over worker counts, a checkpointed
-training run resumed with --resume auto. Each step is recorded and the next one runs even if it
-failed; gpu_check.json / gpu_check.md list every step, and the exit code is 1 if any failed.
+CUDA-marked tests, bench.py figures, main.py --find_lr over worker counts, a checkpointed training
+run killed (SIGKILL) in its second epoch and finished with --resume auto. Each step is recorded and
+the next one runs even if one failed; gpu_check.json / gpu_check.md list every step, and the exit
+code is 1 if any failed.
 
     python benchmarks/gpu_check.py --device cuda --out ./outputs/gpu_check
     python benchmarks/gpu_check.py --device cpu --tiny --out /tmp/check    # the same steps, small
 """
 
 import argparse
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +33,7 @@ def sizes(device: str, tiny: bool) -> dict:
     cores = os.cpu_count() or 4
     return {"classes": 1000, "distinct": 300, "per_class": 64, "batch": 256, "input_size": 224, "lr_iter": 60,
             "workers": sorted({w for w in (4, 8, 12, cores) if w <= cores} or {cores}),
-            "train_samples": 256 * 20, "checkpoint_every": 10}
+            "train_samples": 256 * 20, "checkpoint_every": 5}
 
 
 def run(args: list[str], timeout: float, ok_codes=(0,)) -> subprocess.CompletedProcess:
@@ -102,16 +105,48 @@ def step_end_to_end(ctx) -> dict:
     return figures
 
 
+def last_checkpoint_step(path: Path, steps_per_epoch: int) -> int:
+    """Steps done as recorded in ``last.pt`` (its epoch counts finished epochs); -1 while it is absent."""
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError, OSError):
+        return -1
+    return state["epoch"] * steps_per_epoch + state["step_in_epoch"]
+
+
 def step_resume(ctx) -> dict:
-    out = ctx.work / "train"
-    flags = [*common_flags(ctx), "--epochs", "1", "--max_samples", str(ctx.size["train_samples"]),
-             "--lr", "0.01", "--num_workers", "2", "--output_dir", str(out)]
-    run(["main.py", *flags, "--checkpoint_every", str(ctx.size["checkpoint_every"])], timeout=300)
-    proc = run(["main.py", *flags, "--resume", "auto"], timeout=300)
-    resumed = "Resuming from" in proc.stdout + proc.stderr
-    if not resumed:
+    """Two epochs, SIGKILLed once a mid-run checkpoint exists, then ``--resume auto`` to the end."""
+    out, size = ctx.work / "train", ctx.size
+    steps_per_epoch = size["train_samples"] // size["batch"]
+    flags = [*common_flags(ctx), "--epochs", "2", "--max_samples", str(size["train_samples"]), "--lr", "0.01",
+             "--num_workers", str(size["workers"][0]), "--output_dir", str(out),
+             "--checkpoint_every", str(size["checkpoint_every"])]
+    kill_at = steps_per_epoch + size["checkpoint_every"]  # inside epoch 2, so the kill loses a partial epoch
+    proc = subprocess.Popen([sys.executable, "main.py", *flags], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        killed_at = -1
+        while proc.poll() is None:
+            killed_at = last_checkpoint_step(out / "last.pt", steps_per_epoch)
+            if killed_at >= kill_at:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    if code != -signal.SIGKILL:
+        raise RuntimeError(f"the run to be killed ended by itself (exit {code}) before step {kill_at}: "
+                           + (proc.stderr.read().strip().splitlines() or ["(no output)"])[-1])
+    resumed = run(["main.py", *flags, "--resume", "auto"], timeout=600)
+    if "Resuming from" not in resumed.stdout:
         raise RuntimeError("--resume auto did not resume from the checkpoint")
-    return {"resumed": resumed}
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    if [int(r["epoch"]) for r in rows] != [1, 2]:
+        raise RuntimeError(f"metrics.csv after the resume lists epochs {[r['epoch'] for r in rows]}, not [1, 2]")
+    return {"resumed": True, "killed_at_step": killed_at, "steps": 2 * steps_per_epoch,
+            "train_img_s_by_epoch": [float(r["images_per_second"]) for r in rows]}
 
 
 STEPS = {"cuda_tests": step_tests, "bench": step_bench, "jpeg_tree": step_data, "end_to_end": step_end_to_end,
