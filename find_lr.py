@@ -19,7 +19,7 @@ from torch import nn
 from errors import UserInputError
 from lr_finder import Evidence, RangeTest, SuggestionError, amp_options, analyse, confidence, find_landmarks, \
     plot_sweep, smooth, spread_decades, suggest_all
-from lr_verify import CANDIDATES, best_trial, verify_rates
+from lr_verify import CANDIDATES, best_trial, judge, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
     to_model_input
@@ -109,6 +109,8 @@ def assessment(result: dict) -> dict:
     if result.get("suggestion_method") == "verified":
         rates = sorted(t["lr"] for t in verification)
         verified = rates[0] < result["suggested_lr"] < rates[-1]
+    elif verification is not None:
+        verified = "inconclusive"
     readings = [v for k, v in result["suggestions"].items() if k != "verified"]
     evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
     level = confidence(evidence)
@@ -179,7 +181,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 
 def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, train_ds, val_ds, precision: str,
                       channels_last: bool, stop) -> None:
-    """``--lr_verify``: short complete trainings around the suggestion; the best becomes it."""
+    """``--lr_verify``: short complete trainings around the suggestion; their best becomes it when
+    the trials confirm it or clearly beat it (``lr_verify.judge``)."""
     device = dist.device
     wanted = VERIFY_HELDOUT_BATCHES * args.batch_size * dist.world_size
     if val_ds is not None:
@@ -206,10 +209,10 @@ def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, t
                                   args.lr_verify, device, AMP_DTYPES[precision], channels_last, dist, stop)
     result.update(verification_record(trials, reason, args.lr_verify, source, len(heldout_ds),
                                       time.perf_counter() - started))
-    best = best_trial(trials)
-    if best is not None and len(trials) >= 2:
-        result["suggestions"]["verified"] = best.lr
-        result["suggested_lr"], result["suggestion_method"] = best.lr, "verified"
+    chosen, result["verify_outcome"] = judge(trials, result["suggested_lr"], len(heldout_ds))
+    if chosen is not None:
+        result["suggestions"]["verified"] = chosen.lr
+        result["suggested_lr"], result["suggestion_method"] = chosen.lr, "verified"
     result.update(assessment(result))
 
 

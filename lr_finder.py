@@ -212,7 +212,9 @@ class Evidence:
     loss_drop: float  # fraction the loss fell before rising (Landmarks.loss_drop)
     spread: float  # decades between the methods' rates
     edge_found: bool  # the sweep reached the rates where the loss rises
-    verified: bool | None = None  # --lr_verify: None (not run), else whether its best rate was inside the trials
+    # --lr_verify: None (not run), "inconclusive" (the trials could not tell the rates apart), else
+    # whether the rate they chose was inside the rates they tried
+    verified: bool | str | None = None
 
 
 def confidence(e: Evidence) -> str:
@@ -229,7 +231,7 @@ def confidence(e: Evidence) -> str:
         from_curve = "low"
     elif e.loss_drop >= HIGH_DROP and e.spread <= 0.5:
         from_curve = "high"
-    if e.verified:
+    if e.verified is True:
         return "high" if from_curve != "low" else "medium"
     return from_curve
 
@@ -263,6 +265,10 @@ def analyse(lr: float, level: str, e: Evidence) -> tuple[str, list[str]]:
         warnings.append(
             "--lr_verify's best rate was at the edge of the rates it tried: the best may lie beyond; "
             "check the verification panel of the plot")
+    if e.verified == "inconclusive":
+        warnings.append(
+            "--lr_verify's trials did not beat the curve's rate by more than the held-out noise, so the "
+            "suggestion stays the curve's: longer trials (a larger N) or more held-out images would tell")
     if level == "low" and not warnings:
         warnings.append("Confidence is low; check the plot")
     verdict = ("Learning rate appears to be in a reasonable range" if not warnings

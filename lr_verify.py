@@ -3,8 +3,12 @@
 From the same initial weights, train N steps at a few candidate rates around the suggestion
 (x2 apart), each with its own compressed schedule (a short linear warm-up, then cosine decay to
 zero: a constant rate would favour small rates over so short a horizon), then measure loss and
-top-1 on fixed held-out batches. The candidate with the lowest held-out loss wins; when the
-winner sits at an edge of the candidates, one more rate beyond it is tried (twice at most).
+top-1 on fixed held-out batches. The candidate with the lowest held-out loss is the trials' best;
+when it sits at an edge of the candidates, one more rate beyond it is tried (twice at most).
+
+The trials replace the curve's rate only when their best also beats it clearly on held-out top-1
+(more than MARGIN_SE standard errors): trials too short to learn much favour low rates on loss
+alone, and a winner inside the noise would be a coin toss dressed up as a measurement.
 
     trials = verify_rates(model, optimizer, criterion, batches, heldout, center=0.05, steps=100,
                           device=device, amp_dtype=torch.bfloat16)
@@ -23,6 +27,9 @@ CANDIDATES = 5
 SPACING = 2.0
 MAX_EXTRA = 2
 WARMUP_SHARE = 0.1
+MARGIN_SE = 2.0  # a top-1 difference counts when it exceeds this many standard errors
+
+CONFIRMED, REPLACED, INCONCLUSIVE = "confirmed", "replaced", "inconclusive"
 
 
 @dataclass
@@ -61,6 +68,36 @@ def next_rate(trials: list[Trial], spacing: float = SPACING) -> float | None:
     if best.lr == rates[-1]:
         return rates[-1] * spacing
     return None
+
+
+def clearly_better(top1: float, than: float, images: int, margin: float = MARGIN_SE) -> bool:
+    """Whether held-out top-1 ``top1`` (%) beats ``than`` (%) on the same ``images`` images by more
+    than ``margin`` standard errors of the difference (pooled two-proportion z-test) and by at
+    least one image."""
+    if images <= 0:
+        return False
+    p = (top1 + than) / 200
+    se = math.sqrt(2 * p * (1 - p) / images)
+    return (top1 - than) / 100 > max(margin * se, 1 / images)
+
+
+def judge(trials: list[Trial], center: float, images: int) -> tuple[Trial | None, str]:
+    """What the trials say about the curve's rate ``center`` (one of the candidates), scored on
+    ``images`` held-out images: (the trial to use, outcome).
+
+    - ``confirmed``: the best trial (lowest held-out loss) is the centre itself;
+    - ``replaced``: another trial is best and its top-1 clearly beats the centre's;
+    - ``inconclusive`` (no trial to use): another trial is best on loss, but not clearly on
+      top-1, or the centre's trial never finished."""
+    best = best_trial(trials)
+    centre = next((t for t in trials if math.isclose(t.lr, center, rel_tol=1e-9)), None)
+    if best is None or centre is None or len(trials) < 2:
+        return None, INCONCLUSIVE
+    if best is centre:
+        return best, CONFIRMED
+    if clearly_better(best.top1, centre.top1 if math.isfinite(centre.loss) else 0.0, images):
+        return best, REPLACED
+    return None, INCONCLUSIVE
 
 
 class Interrupted(Exception):

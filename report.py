@@ -123,7 +123,8 @@ def _results_text(result: dict) -> str:
     if result.get("verification"):
         held = result.get("verify_heldout") or {}
         lines.append(f"Verification       : {result.get('verify_steps')} steps per trial, scored on "
-                     f"{held.get('images')} held-out images from {held.get('source')} ({result.get('verify_stop_reason')})")
+                     f"{held.get('images')} held-out images from {held.get('source')} ({result.get('verify_stop_reason')}; "
+                     f"{result.get('verify_outcome')})")
         for trial in result["verification"]:
             loss = trial["loss"]
             shown = f"{loss:.4f}" if isinstance(loss, float) else "diverged"

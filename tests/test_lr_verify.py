@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import FAST, make_image_folder, run_cli
 from lr_finder import Evidence, confidence, spread_decades
-from lr_verify import Trial, best_trial, candidate_rates, next_rate, trial_schedule, verify_rates
+from lr_verify import Trial, best_trial, candidate_rates, clearly_better, judge, next_rate, trial_schedule, verify_rates
 
 CPU = torch.device("cpu")
 
@@ -33,6 +33,32 @@ def test_the_best_trial_and_one_more_rate_beyond_an_edge():
     assert next_rate(at_low_edge) == pytest.approx(0.005)
     assert next_rate([Trial(0.01, 0.9, 50.0, 5), Trial(0.02, 0.8, 55.0, 5)]) == pytest.approx(0.04)
     assert best_trial([Trial(0.01, math.nan, 0.0, 1)]) is None
+
+
+def test_a_top1_gain_counts_only_beyond_two_standard_errors():
+    # 256 images, 20 % against 11 %: pooled p 0.155, se of the difference 3.2 points, margin 6.4
+    assert clearly_better(20.0, 11.0, 256)
+    assert not clearly_better(19.5, 18.75, 400)  # 0.75 points on 400 images: noise
+    assert not clearly_better(15.0, 11.0, 256)  # 4 points: under 2 se
+    assert clearly_better(15.0, 11.0, 25600)  # the same gain on 100x the images is real
+    assert not clearly_better(11.0, 20.0, 256)  # worse is never better
+    assert not clearly_better(100.0, 0.0, 0)
+
+
+def test_the_trials_confirm_replace_or_leave_the_curves_rate():
+    centre = 0.01
+    agree = [Trial(0.005, 0.9, 30.0, 5), Trial(0.01, 0.8, 31.0, 5), Trial(0.02, 0.85, 29.0, 5)]
+    assert judge(agree, centre, 256) == (agree[1], "confirmed")
+    better = [Trial(0.005, 0.9, 11.0, 5), Trial(0.01, 0.8, 11.0, 5), Trial(0.02, 0.7, 20.0, 5), Trial(0.04, 0.75, 19.0, 5)]
+    assert judge(better, centre, 256) == (better[2], "replaced")
+    # short trials: the lowest rate has the lowest loss, but its top-1 is within noise of the centre's
+    low_bias = [Trial(0.005, 2.21, 19.5, 25), Trial(0.01, 2.30, 18.75, 25), Trial(0.02, 2.35, 18.0, 25)]
+    assert judge(low_bias, centre, 400) == (None, "inconclusive")
+    # the centre diverged: any finite trial that learned something replaces it
+    diverged = [Trial(0.005, 1.0, 40.0, 5), Trial(0.01, math.inf, 0.0, 2), Trial(0.02, math.inf, 0.0, 1)]
+    assert judge(diverged, centre, 256) == (diverged[0], "replaced")
+    assert judge(agree[:1], 0.005, 256) == (None, "inconclusive")  # one trial (interrupted): nothing to compare
+    assert judge(agree[:1] + agree[2:], centre, 256) == (None, "inconclusive")  # the centre never ran
 
 
 def tiny_setup(seed=0):
@@ -99,18 +125,28 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
     assert len(trials) >= 5 and all(set(t) == {"lr", "loss", "top1", "steps"} for t in trials)
     assert result["verify_heldout"] == {"source": "train (held out)", "images": 7}  # 36 // 5
     assert result["verify_steps"] == 2 and result["verify_total_steps"] == sum(t["steps"] for t in trials)
-    finite = [t for t in trials if t["loss"] is not None]
-    best = min(finite, key=lambda t: t["loss"])
-    assert result["suggestion_method"] == "verified" and result["suggested_lr"] == best["lr"]
-    assert result["suggestions"]["verified"] == best["lr"]
+    curve_lr = result["suggestions"]["rise"]  # the default method: the trials are centred on it
+    chosen, outcome = judge([Trial(t["lr"], math.inf if t["loss"] is None else t["loss"], t["top1"], t["steps"])
+                             for t in trials], curve_lr, 7)
+    assert result["verify_outcome"] == outcome
     rates = sorted(t["lr"] for t in trials)
     readings = [v for k, v in result["suggestions"].items() if k != "verified"]
-    evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None,
-                        verified=rates[0] < best["lr"] < rates[-1])
+    if chosen is None:  # the curve's rate stays, and the analysis says why
+        assert result["suggestion_method"] == "rise" and result["suggested_lr"] == curve_lr
+        assert "verified" not in result["suggestions"]
+        verified = "inconclusive"
+        assert any("did not beat the curve's rate" in w for w in result["analysis"]["warnings"])
+    else:
+        assert result["suggestion_method"] == "verified" and result["suggested_lr"] == chosen.lr
+        assert result["suggestions"]["verified"] == chosen.lr
+        verified = rates[0] < chosen.lr < rates[-1]
+    evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
     assert result["confidence"] == confidence(evidence)
     log = (tmp_path / "out" / "lr_finder_log.txt").read_text()
     assert "Verification       : 2 steps per trial, scored on 7 held-out images from train (held out)" in log
-    assert f"  lr {best['lr']:.2e}: held-out loss {best['loss']:.4f}" in log
+    assert f"from train (held out) (completed; {outcome})" in log
+    best = best_trial([Trial(t["lr"], t["loss"], t["top1"], t["steps"]) for t in trials if t["loss"] is not None])
+    assert f"  lr {best.lr:.2e}: held-out loss {best.loss:.4f}" in log
     import cv2
 
     assert cv2.imread(str(tmp_path / "out" / "p.png")).shape[1] == 1800  # the second panel widens the plot

@@ -162,6 +162,8 @@ def test_suggest_all_reads_rise_from_the_raw_loss_and_the_rest_from_its_smoothin
     (Evidence(loss_drop=0.03, spread=2.0, edge_found=True, verified=True), "medium"),
     (Evidence(loss_drop=0.2, spread=0.8, edge_found=True, verified=True), "high"),
     (Evidence(loss_drop=0.03, spread=0.1, edge_found=True, verified=False), "low"),
+    (Evidence(loss_drop=0.2, spread=0.8, edge_found=True, verified="inconclusive"), "medium"),  # no raise
+    (Evidence(loss_drop=0.03, spread=0.1, edge_found=True, verified="inconclusive"), "low"),
 ])
 def test_confidence_levels(evidence, level):
     assert confidence(evidence) == level
