@@ -52,7 +52,7 @@ class Case:
     grid: tuple  # initial grid, extended while the best rate sits at an edge
     max_samples: int | None = None
     noise_seeds: tuple = (1, 2)  # the best rate again with these seeds: their spread with seed 0 is the noise
-    verify_steps: int = 0  # --lr_verify N for the "verified" method (0: not run)
+    verify_steps: int = 0  # --lr_verify N for the "lr_verify" method (0: not run)
 
 
 CASES = (
@@ -265,10 +265,11 @@ def run_case(case: Case, work: Path, quiet: bool, verify: bool) -> CaseResult:
         verify_dir = base / f"verify-{case.verify_steps}"
         run_main(sweep_argv(case, folder, verify_dir, case.verify_steps), verify_dir, quiet)
         verified = json.loads((verify_dir / "suggested_lr.json").read_text())
-        if verified.get("suggestion_method") == "verified":
-            result.methods["verified"] = place(verified["suggested_lr"], result.grid, result.noise)
-            result.cost["verify_steps"] = verified["verify_total_steps"]
-            result.cost["verify_seconds"] = verified["verify_elapsed_s"]
+        # what a user of --lr_verify gets: the trials' rate, or the curve's when they were inconclusive
+        result.methods["lr_verify"] = place(verified["suggested_lr"], result.grid, result.noise)
+        result.cost["verify_steps"] = verified["verify_total_steps"]
+        result.cost["verify_seconds"] = verified["verify_elapsed_s"]
+        result.cost["verify_outcome"] = verified["verify_outcome"]
     return result
 
 
@@ -279,7 +280,8 @@ def verify_cost(r: CaseResult) -> str:
     steps = r.cost.get("verify_steps")
     if not steps:
         return "not run"
-    return f"{steps} steps ({steps / r.cost['sweep_steps']:.1f}x the sweep), {r.cost['verify_seconds']:.0f} s"
+    return (f"{steps} steps ({steps / r.cost['sweep_steps']:.1f}x the sweep), {r.cost['verify_seconds']:.0f} s, "
+            f"{r.cost['verify_outcome']}")
 
 
 def table(results: list[CaseResult]) -> str:
