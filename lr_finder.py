@@ -107,8 +107,9 @@ class Landmarks:
 
     @property
     def loss_drop(self) -> float:
-        """How far the loss fell, as a fraction of where it started."""
-        return (self.start_loss - self.min_loss) / self.start_loss if self.start_loss > 0 else 0.0
+        """How far the loss fell, as a fraction of where it started (0 when it never fell below it:
+        the running median's lowest point can sit a little above the first steps' median)."""
+        return max(0.0, (self.start_loss - self.min_loss) / self.start_loss) if self.start_loss > 0 else 0.0
 
     @property
     def rise_lr(self) -> float:

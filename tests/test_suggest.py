@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, SuggestionError, analyse, confidence, default_skips,
-                       find_landmarks, loss_ylim, median_half_width, onecycle_max_lr, robust_curve, smooth,
+from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, Landmarks, SuggestionError, analyse, confidence,
+                       default_skips, find_landmarks, loss_ylim, median_half_width, onecycle_max_lr, robust_curve, smooth,
                        spread_decades, suggest_all, suggest_minimum, suggest_rise, suggest_steepest, suggest_valley)
 
 LRS = list(np.logspace(-6, 1, 120))
@@ -116,6 +116,11 @@ def test_edge_is_where_a_flat_noisy_loss_starts_to_rise():
     assert marks.loss_drop < 0.05
     assert suggest_rise(lrs, loss) == pytest.approx(marks.edge_lr / RISE_DIVISOR)
     assert onecycle_max_lr(lrs, loss) == pytest.approx(marks.edge_lr)
+
+
+def test_a_loss_that_never_fell_below_its_start_fell_zero():
+    assert Landmarks(start_loss=2.2, min_loss=2.27, min_lr=0.03, edge_lr=0.06).loss_drop == 0.0
+    assert Landmarks(start_loss=2.0, min_loss=1.5, min_lr=0.03, edge_lr=0.06).loss_drop == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("seed", range(5))
