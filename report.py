@@ -152,13 +152,15 @@ def _analysis_text(result: dict) -> str:
 
 def next_steps(result: dict, lr: float) -> list[str]:
     data = result.get("data_dir", "./data")
+    # the rate belongs to the optimizer that was swept: name it unless it is the default
+    optimizer = f" --optimizer {result['optimizer']}" if result.get("optimizer", "sgd") != "sgd" else ""
     steps = [
         f"Use learning rate: {lr:.2e}",
-        f"Train: uv run python main.py --lr {lr:.3g} --scheduler cosine --epochs 50 "
+        f"Train: uv run python main.py --lr {lr:.3g}{optimizer} --scheduler cosine --epochs 50 "
         f"--batch_size {result.get('batch_size')} --data_dir {data}",
     ]
     if result.get("onecycle_max_lr"):
-        steps.append(f"Or one-cycle: uv run python main.py --lr {result['onecycle_max_lr']:.3g} "
+        steps.append(f"Or one-cycle: uv run python main.py --lr {result['onecycle_max_lr']:.3g}{optimizer} "
                      f"--scheduler onecycle --batch_size {result.get('batch_size')} --data_dir {data}")
     gb = result.get("global_batch_size") or result.get("batch_size")
     steps += [
