@@ -17,9 +17,9 @@ from pathlib import Path
 from torch import nn
 
 from errors import UserInputError
-from lr_finder import Evidence, RangeTest, SuggestionError, amp_options, analyse, confidence, find_landmarks, \
-    plot_sweep, smooth, spread_decades, suggest_all
-from lr_verify import CANDIDATES, best_trial, judge, verify_rates
+from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, analyse, auto_method, confidence, \
+    find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, trusted_readings
+from lr_verify import CANDIDATES, judge, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
     to_model_input
@@ -88,6 +88,8 @@ def summarise(lrs, raw_losses, method: str, smooth_f: float) -> dict:
         marks = find_landmarks(lrs, raw_losses)
     except SuggestionError as exc:
         return {"success": False, "error": f"no suggestion: {exc}", "suggested_lr": None}
+    if method == AUTO:
+        method = auto_method(marks.loss_drop)
     result = {
         "success": True,
         "suggested_lr": suggestions[method],
@@ -111,7 +113,7 @@ def assessment(result: dict) -> dict:
         verified = rates[0] < result["suggested_lr"] < rates[-1]
     elif verification is not None:
         verified = "inconclusive"
-    readings = [v for k, v in result["suggestions"].items() if k != "verified"]
+    readings = trusted_readings(result["suggestions"], result["loss_drop"])
     evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
     level = confidence(evidence)
     verdict, warnings = analyse(result["suggested_lr"], level, evidence)

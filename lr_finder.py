@@ -25,8 +25,9 @@ from runtime import Distributed, cpu_copy, unwrap
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
 VERY_HIGH_LR = 1.0
-# Chosen with benchmarks/suggestion_study.py (see the README's table): the default rate is the
-# edge divided by this, and a loss that fell less than LOW_DROP never gives more than low confidence.
+# Chosen with benchmarks/suggestion_study.py (see the README's table): when the loss fell less than
+# LOW_DROP (its lowest point is noise, and the confidence never more than low) the default rate is
+# the edge divided by RISE_DIVISOR; when it fell at least that much, a tenth of the lowest point's rate.
 RISE_DIVISOR = 2.0
 NOISE_MARGIN = 4.0  # the edge must stand this many standard errors of the running median above the bottom
 LOW_DROP = 0.15
@@ -117,9 +118,16 @@ class Landmarks:
         return self.edge_lr / RISE_DIVISOR if self.edge_lr is not None else self.min_lr / 10
 
     @property
+    def deep(self) -> bool:
+        """Whether the loss fell far enough (LOW_DROP) for its lowest point to be a landmark."""
+        return self.loss_drop >= LOW_DROP
+
+    @property
     def onecycle_lr(self) -> float:
-        """The peak for one-cycle: the edge itself (Smith's upper bound), else the lowest point's rate."""
-        return self.edge_lr if self.edge_lr is not None else self.min_lr
+        """The peak for one-cycle, Smith's upper bound: the rate where the loss stops falling. On a
+        curve that fell that is its lowest point (the loss can idle far past it before it blows up);
+        on one that barely fell, the edge, else the lowest point's rate."""
+        return self.min_lr if self.deep or self.edge_lr is None else self.edge_lr
 
 
 def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks:
@@ -185,14 +193,27 @@ def suggest_rise(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
 
 
 def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
-    """The peak for one-cycle: the edge itself (Smith's upper bound), else the lowest point's rate."""
+    """The peak for one-cycle (``Landmarks.onecycle_lr``)."""
     return find_landmarks(lrs, raw_losses, skip_start, skip_end).onecycle_lr
 
 
 # Readings of the curve the library smooths (lagging) and the default, read from the raw loss.
 CURVE_SUGGESTERS = {"steepest": suggest_steepest, "valley": suggest_valley, "minimum": suggest_minimum}
 METHODS = ("rise", *CURVE_SUGGESTERS)
-DEFAULT_METHOD = "rise"
+AUTO = "auto"  # the default: rise or minimum, by how far the loss fell
+
+
+def auto_method(loss_drop: float) -> str:
+    """The reading ``auto`` uses: ``minimum`` on a loss that fell at least LOW_DROP, whose lowest
+    point is a landmark; ``rise`` on one that barely fell, where only the blow-up is."""
+    return "minimum" if loss_drop >= LOW_DROP else "rise"
+
+
+def trusted_readings(suggestions: dict[str, float], loss_drop: float) -> list[float]:
+    """The readings whose agreement the confidence weighs: on a curve that fell, the three that
+    read its fall (the edge can lie far past the lowest point there); else all four."""
+    names = CURVE_SUGGESTERS if loss_drop >= LOW_DROP else METHODS
+    return [suggestions[name] for name in names if name in suggestions]
 
 
 def suggest_all(lrs, raw_losses, smooth_f: float) -> dict[str, float]:

@@ -40,10 +40,11 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss"]
     assert float(rows[0]["lr"]) == pytest.approx(1e-4) and float(rows[0]["loss"]) == float(rows[0]["smoothed_loss"])
     assert float(rows[1]["lr"]) == pytest.approx(1e-4 * (1e4 ** (1 / 11)))  # exponential steps
-    from lr_finder import find_landmarks, suggest_all
+    from lr_finder import auto_method, find_landmarks, suggest_all
 
     lrs, raw = [float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows]
-    assert result["suggestion_method"] == "rise" and result["suggested_lr"] == result["suggestions"]["rise"]
+    method = auto_method(find_landmarks(lrs, raw).loss_drop)  # the default, auto: rise or minimum
+    assert result["suggestion_method"] == method and result["suggested_lr"] == result["suggestions"][method]
     assert result["suggestions"] == pytest.approx(suggest_all(lrs, raw, 0.05))
     assert result["loss_drop"] == pytest.approx(find_landmarks(lrs, raw).loss_drop, abs=1e-4)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import FAST, make_image_folder, run_cli
-from lr_finder import Evidence, confidence, spread_decades
+from lr_finder import Evidence, auto_method, confidence, spread_decades, trusted_readings
 from lr_verify import Trial, best_trial, candidate_rates, clearly_better, judge, next_rate, trial_schedule, verify_rates
 
 CPU = torch.device("cpu")
@@ -125,14 +125,15 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
     assert len(trials) >= 5 and all(set(t) == {"lr", "loss", "top1", "steps"} for t in trials)
     assert result["verify_heldout"] == {"source": "train (held out)", "images": 7}  # 36 // 5
     assert result["verify_steps"] == 2 and result["verify_total_steps"] == sum(t["steps"] for t in trials)
-    curve_lr = result["suggestions"]["rise"]  # the default method: the trials are centred on it
+    curve_method = auto_method(result["loss_drop"])  # the default: the trials are centred on its rate
+    curve_lr = result["suggestions"][curve_method]
     chosen, outcome = judge([Trial(t["lr"], math.inf if t["loss"] is None else t["loss"], t["top1"], t["steps"])
                              for t in trials], curve_lr, 7)
     assert result["verify_outcome"] == outcome
     rates = sorted(t["lr"] for t in trials)
-    readings = [v for k, v in result["suggestions"].items() if k != "verified"]
+    readings = trusted_readings(result["suggestions"], result["loss_drop"])
     if chosen is None:  # the curve's rate stays, and the analysis says why
-        assert result["suggestion_method"] == "rise" and result["suggested_lr"] == curve_lr
+        assert result["suggestion_method"] == curve_method and result["suggested_lr"] == curve_lr
         assert "verified" not in result["suggestions"]
         verified = "inconclusive"
         assert any("did not beat the curve's rate" in w for w in result["analysis"]["warnings"])

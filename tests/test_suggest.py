@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, Landmarks, SuggestionError, analyse, confidence,
+from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, Landmarks, SuggestionError, analyse, auto_method, confidence,
                        default_skips, find_landmarks, loss_ylim, median_half_width, onecycle_max_lr, robust_curve, smooth,
-                       spread_decades, suggest_all, suggest_minimum, suggest_rise, suggest_steepest, suggest_valley)
+                       spread_decades, suggest_all, suggest_minimum, suggest_rise, suggest_steepest, suggest_valley,
+                       trusted_readings)
 
 LRS = list(np.logspace(-6, 1, 120))
 
@@ -140,6 +141,18 @@ def test_edge_of_a_curve_that_falls_then_rises():
     assert abs(math.log10(marks.min_lr / 3e-2)) < 0.2
     # Half-way back up from 1.15 to 2.3 on a rise of 3 per decade: about 0.19 decades past the bottom.
     assert 0.1 < math.log10(marks.edge_lr / 3e-2) < 0.35
+
+
+def test_auto_reads_the_lowest_point_of_a_deep_fall_and_the_edge_of_a_shallow_one():
+    assert auto_method(LOW_DROP) == "minimum" and auto_method(LOW_DROP - 0.001) == "rise"
+    deep_lrs, deep = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
+    shallow_lrs, shallow = flat_then_blowup(edge=3e-2)
+    marks = find_landmarks(deep_lrs, deep)
+    assert marks.deep and not find_landmarks(shallow_lrs, shallow).deep
+    assert onecycle_max_lr(deep_lrs, deep) == marks.min_lr  # where the loss stops falling, not the edge past it
+    suggestions = {"rise": 0.05, "steepest": 0.004, "valley": 0.0006, "minimum": 0.001, "verified": 0.002}
+    assert trusted_readings(suggestions, 0.3) == [0.004, 0.0006, 0.001]  # rise's edge can lie far past the fall
+    assert trusted_readings(suggestions, 0.05) == [0.05, 0.004, 0.0006, 0.001]
 
 
 def test_no_edge_when_the_sweep_ends_before_the_rise():
