@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from errors import EXIT_USAGE
-from main import DEMO_SETTINGS, OneLineErrorParser, get_args_parser, validate_args
+from main import DEMO_SETTINGS, OneLineErrorParser, get_args_parser, given_dests, validate_args
 from report import atomic_write_json, atomic_write_text, render_log
 
 MAIN = str(Path(__file__).resolve().with_name("main.py"))
@@ -40,14 +40,15 @@ def get_runner_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def forwarded_argv(args: argparse.Namespace) -> list[str]:
-    """The user's main.py flags that differ from main.py's defaults, as command-line words."""
+def forwarded_argv(args: argparse.Namespace, given: set[str] = frozenset()) -> list[str]:
+    """The user's main.py flags that differ from main.py's defaults or were ``given`` explicitly
+    (so ``--demo --optimizer sgd`` keeps SGD), as command-line words."""
     words = []
     for action in get_args_parser(add_help=False)._actions:
         if action.dest in NOT_FORWARDED or not action.option_strings:
             continue
         value = getattr(args, action.dest)
-        if value == action.default or value is None:
+        if value is None or (value == action.default and action.dest not in given):
             continue
         flag = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
     parser = get_runner_parser()
     args = parser.parse_args(argv)
     validate_args(args, parser)
-    dataset = DEMO_SETTINGS["dataset"] if args.demo and args.dataset == parser.get_default("dataset") else args.dataset
+    given = given_dests(parser, argv)
+    dataset = DEMO_SETTINGS["dataset"] if args.demo and "dataset" not in given else args.dataset
     out = Path(args.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
         print(f"error: --output_dir {out}: cannot create it ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
     plot, log, json_path = out / f"lr_finder_{dataset}.png", out / "lr_finder_log.txt", out / "suggested_lr.json"
-    command = [sys.executable, MAIN, "--find_lr", *forwarded_argv(args), "--lr_plot", str(plot)]
+    command = [sys.executable, MAIN, "--find_lr", *forwarded_argv(args, given), "--lr_plot", str(plot)]
     print(f"Running: {shlex.join(command)}", flush=True)
 
     started = datetime.now().timestamp()

@@ -7,6 +7,7 @@ import sys
 import time
 
 from conftest import FAST, REPO, run_cli
+from main import given_dests
 from run_lr_finder import collapse_carriage_returns, forwarded_argv, get_runner_parser
 
 
@@ -91,6 +92,24 @@ def test_only_changed_flags_are_forwarded():
     assert "--batch_size 8" in pairs and "--lr_end 1.0" in pairs and "--lr_iter epoch" in pairs
     assert "--no_cuda" in words and len(words) == 7
     assert "--output_dir" not in words and "--find_lr" not in words
+
+
+def test_flags_given_explicitly_are_forwarded_even_at_their_default():
+    parser = get_runner_parser()
+    argv = ["--demo", "--optimizer", "sgd", "--lr_iter", "100"]
+    words = forwarded_argv(parser.parse_args(argv), given_dests(parser, argv))
+    assert " ".join(words) == "--demo --lr_iter 100 --optimizer sgd"
+
+
+def test_demo_settings_fill_only_the_flags_not_given(monkeypatch, tmp_path):
+    import main
+
+    monkeypatch.setattr("demo_data.ensure_digits_imagefolder", lambda: tmp_path)
+    args = main.parse_args(["--find_lr", "--demo"])
+    assert {name: getattr(args, name) for name in main.DEMO_SETTINGS} == main.DEMO_SETTINGS
+    assert args.optimizer == "adamw" and args.data_dir == str(tmp_path)
+    args = main.parse_args(["--find_lr", "--demo", "--optimizer", "sgd", "--batch_size", "32", "--lr_end", "10"])
+    assert (args.optimizer, args.batch_size, args.lr_end, args.lr_iter) == ("sgd", 32, 10.0, 150)
 
 
 def test_progress_bar_redraws_collapse_to_their_final_state():
