@@ -81,17 +81,19 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
-def summarise(lrs, raw_losses, method: str, smooth_f: float) -> dict:
-    """Every method's rate, the landmarks and the assessment, or the reason there are none."""
+def summarise(lrs, raw_losses, method: str, smooth_f: float, optimizer: str = "sgd") -> dict:
+    """Every method's rate, the landmarks and the assessment, or the reason there are none
+    (``method`` ``auto`` picks the reading by ``optimizer``)."""
     try:
         suggestions = suggest_all(lrs, raw_losses, smooth_f)
         marks = find_landmarks(lrs, raw_losses)
     except SuggestionError as exc:
         return {"success": False, "error": f"no suggestion: {exc}", "suggested_lr": None}
     if method == AUTO:
-        method = auto_method(marks.loss_drop)
+        method = auto_method(optimizer)
     result = {
         "success": True,
+        "optimizer": optimizer,
         "suggested_lr": suggestions[method],
         "suggestion_method": method,
         "suggestions": suggestions,
@@ -113,7 +115,7 @@ def assessment(result: dict) -> dict:
         verified = rates[0] < result["suggested_lr"] < rates[-1]
     elif verification is not None:
         verified = "inconclusive"
-    readings = trusted_readings(result["suggestions"], result["loss_drop"])
+    readings = trusted_readings(result["suggestions"], result.get("optimizer", "sgd"))
     evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
     level = confidence(evidence)
     verdict, warnings = analyse(result["suggested_lr"], level, evidence)
@@ -264,7 +266,7 @@ def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, bat
     }
     # Advanced mode reads the validation loss measured after every step.
     curve = sweep.val_losses if args.lr_advanced else sweep.raw_losses
-    result.update(summarise(sweep.lrs, curve, args.lr_suggest, args.lr_smooth_f))
+    result.update(summarise(sweep.lrs, curve, args.lr_suggest, args.lr_smooth_f, args.optimizer))
     if args.lr_advanced:
         try:
             result["suggestions_training_curve"] = suggest_all(sweep.lrs, sweep.raw_losses, args.lr_smooth_f)

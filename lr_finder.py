@@ -25,9 +25,9 @@ from runtime import Distributed, cpu_copy, unwrap
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
 VERY_HIGH_LR = 1.0
-# Chosen with benchmarks/suggestion_study.py (see the README's table): when the loss fell less than
-# LOW_DROP (its lowest point is noise, and the confidence never more than low) the default rate is
-# the edge divided by RISE_DIVISOR; when it fell at least that much, a tenth of the lowest point's rate.
+# Chosen with benchmarks/suggestion_study.py (see the README's tables): with SGD the default rate is
+# the edge divided by RISE_DIVISOR (with AdamW a tenth of the lowest point's rate: auto_method), and a
+# loss that fell less than LOW_DROP never gives more than low confidence.
 RISE_DIVISOR = 2.0
 NOISE_MARGIN = 4.0  # the edge must stand this many standard errors of the running median above the bottom
 LOW_DROP = 0.15
@@ -200,19 +200,21 @@ def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
 # Readings of the curve the library smooths (lagging) and the default, read from the raw loss.
 CURVE_SUGGESTERS = {"steepest": suggest_steepest, "valley": suggest_valley, "minimum": suggest_minimum}
 METHODS = ("rise", *CURVE_SUGGESTERS)
-AUTO = "auto"  # the default: rise or minimum, by how far the loss fell
+AUTO = "auto"  # the default: rise or minimum, by optimizer
 
 
-def auto_method(loss_drop: float) -> str:
-    """The reading ``auto`` uses: ``minimum`` on a loss that fell at least LOW_DROP, whose lowest
-    point is a landmark; ``rise`` on one that barely fell, where only the blow-up is."""
-    return "minimum" if loss_drop >= LOW_DROP else "rise"
+def auto_method(optimizer: str) -> str:
+    """The reading ``auto`` uses: ``minimum`` for AdamW, ``rise`` for SGD (as measured by
+    benchmarks/suggestion_study.py). With SGD a from-scratch ResNet-50 barely learns in a sweep and
+    blows up soon after its lowest point, so only the edge is a landmark; with AdamW the loss falls,
+    then idles far past its lowest point before it blows up, so the edge is no guide."""
+    return "minimum" if optimizer == "adamw" else "rise"
 
 
-def trusted_readings(suggestions: dict[str, float], loss_drop: float) -> list[float]:
-    """The readings whose agreement the confidence weighs: on a curve that fell, the three that
-    read its fall (the edge can lie far past the lowest point there); else all four."""
-    names = CURVE_SUGGESTERS if loss_drop >= LOW_DROP else METHODS
+def trusted_readings(suggestions: dict[str, float], optimizer: str) -> list[float]:
+    """The readings whose agreement the confidence weighs: with AdamW the three that read the
+    fall (its edge can lie far past the good rates), with SGD all four."""
+    names = CURVE_SUGGESTERS if auto_method(optimizer) in CURVE_SUGGESTERS else METHODS
     return [suggestions[name] for name in names if name in suggestions]
 
 

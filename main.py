@@ -92,8 +92,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     finder.add_argument("--lr_diverge_th", type=float, default=5.0,
                         help="stop when the smoothed loss exceeds this times the best loss")
     finder.add_argument("--lr_suggest", default="auto", choices=("auto", "rise", "steepest", "valley", "minimum"),
-                        help="which reading of the curve becomes suggested_lr: auto (default) = minimum when the "
-                             "loss fell at least 15 %%, else rise (as benchmarks/suggestion_study.py measured); "
+                        help="which reading of the curve becomes suggested_lr: auto (default) = rise with SGD, "
+                             "minimum with AdamW (as benchmarks/suggestion_study.py measured); "
                              "rise = half the rate at which the loss starts to rise; steepest, valley (fastai) "
                              "and minimum (a tenth of the lowest point) read the smoothed curve")
     finder.add_argument("--lr_verify", type=int, default=0, metavar="N",

@@ -125,13 +125,13 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
     assert len(trials) >= 5 and all(set(t) == {"lr", "loss", "top1", "steps"} for t in trials)
     assert result["verify_heldout"] == {"source": "train (held out)", "images": 7}  # 36 // 5
     assert result["verify_steps"] == 2 and result["verify_total_steps"] == sum(t["steps"] for t in trials)
-    curve_method = auto_method(result["loss_drop"])  # the default: the trials are centred on its rate
+    curve_method = auto_method(result["optimizer"])  # the default: the trials are centred on its rate
     curve_lr = result["suggestions"][curve_method]
     chosen, outcome = judge([Trial(t["lr"], math.inf if t["loss"] is None else t["loss"], t["top1"], t["steps"])
                              for t in trials], curve_lr, 7)
     assert result["verify_outcome"] == outcome
     rates = sorted(t["lr"] for t in trials)
-    readings = trusted_readings(result["suggestions"], result["loss_drop"])
+    readings = trusted_readings(result["suggestions"], result["optimizer"])
     if chosen is None:  # the curve's rate stays, and the analysis says why
         assert result["suggestion_method"] == curve_method and result["suggested_lr"] == curve_lr
         assert "verified" not in result["suggestions"]

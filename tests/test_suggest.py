@@ -143,16 +143,20 @@ def test_edge_of_a_curve_that_falls_then_rises():
     assert 0.1 < math.log10(marks.edge_lr / 3e-2) < 0.35
 
 
-def test_auto_reads_the_lowest_point_of_a_deep_fall_and_the_edge_of_a_shallow_one():
-    assert auto_method(LOW_DROP) == "minimum" and auto_method(LOW_DROP - 0.001) == "rise"
-    deep_lrs, deep = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
-    shallow_lrs, shallow = flat_then_blowup(edge=3e-2)
-    marks = find_landmarks(deep_lrs, deep)
-    assert marks.deep and not find_landmarks(shallow_lrs, shallow).deep
-    assert onecycle_max_lr(deep_lrs, deep) == marks.min_lr  # where the loss stops falling, not the edge past it
+def test_auto_reads_the_edge_with_sgd_and_the_lowest_point_with_adamw():
+    assert auto_method("sgd") == "rise" and auto_method("adamw") == "minimum"
     suggestions = {"rise": 0.05, "steepest": 0.004, "valley": 0.0006, "minimum": 0.001, "verified": 0.002}
-    assert trusted_readings(suggestions, 0.3) == [0.004, 0.0006, 0.001]  # rise's edge can lie far past the fall
-    assert trusted_readings(suggestions, 0.05) == [0.05, 0.004, 0.0006, 0.001]
+    assert trusted_readings(suggestions, "adamw") == [0.004, 0.0006, 0.001]  # its edge can lie far past the fall
+    assert trusted_readings(suggestions, "sgd") == [0.05, 0.004, 0.0006, 0.001]
+
+
+def test_one_cycle_peaks_where_a_deep_fall_stops_and_at_the_edge_of_a_shallow_one():
+    deep_lrs, deep = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
+    marks = find_landmarks(deep_lrs, deep)
+    assert marks.deep and onecycle_max_lr(deep_lrs, deep) == marks.min_lr < marks.edge_lr
+    shallow_lrs, shallow = flat_then_blowup(edge=3e-2)
+    shallow_marks = find_landmarks(shallow_lrs, shallow)
+    assert not shallow_marks.deep and onecycle_max_lr(shallow_lrs, shallow) == shallow_marks.edge_lr
 
 
 def test_no_edge_when_the_sweep_ends_before_the_rise():
@@ -218,3 +222,13 @@ def test_plot_limits_cut_a_diverging_tail():
     low, top = loss_ylim([2.0, 1.5, 1.0, 50.0])  # cut at 2.0 + 3 * (2.0 - 1.0) = 5.0, plus a margin
     assert 0.7 < low < 1.0 and 5.0 < top < 5.3
     assert loss_ylim([2.0, 1.9, 30.0])[1] == pytest.approx(3.0 + 0.05 * 1.1)  # at least 1.5x the start
+
+
+def test_the_json_records_the_reading_auto_picked_for_the_optimizer():
+    from find_lr import summarise
+
+    lrs, loss = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
+    for optimizer, method in (("sgd", "rise"), ("adamw", "minimum")):
+        result = summarise(lrs, loss, "auto", 0.05, optimizer)
+        assert result["suggestion_method"] == method and result["suggested_lr"] == result["suggestions"][method]
+    assert summarise(lrs, loss, "valley", 0.05, "adamw")["suggestion_method"] == "valley"  # a choice is kept
