@@ -53,6 +53,7 @@ class Case:
     max_samples: int | None = None
     noise_seeds: tuple = (1, 2)  # the best rate again with these seeds: their spread with seed 0 is the noise
     verify_steps: int = 0  # --lr_verify N for the "lr_verify" method (0: not run)
+    optimizer: str = "sgd"  # for the sweep and the training runs alike
 
 
 CASES = (
@@ -62,6 +63,13 @@ CASES = (
          max_samples=480, verify_steps=30),
     Case("patches-16px-b64", "patches", 16, 64, 4, 1e-4, 10.0, 100, (1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316),
          max_samples=800, noise_seeds=(1,), verify_steps=25),
+    # the demo's settings: AdamW learns enough in a short sweep for a deep fall
+    Case("digits-16px-b32-adamw", "digits", 16, 32, 4, 1e-5, 1.0, 150,
+         (1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1), noise_seeds=(1,), verify_steps=30, optimizer="adamw"),
+    Case("patches-16px-b64-adamw", "patches", 16, 64, 4, 1e-5, 1.0, 100, (1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2),
+         max_samples=800, noise_seeds=(1,), optimizer="adamw"),
+    Case("digits-32px-b32-adamw", "digits", 32, 32, 4, 1e-5, 1.0, 100, (1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2),
+         max_samples=480, noise_seeds=(1,), optimizer="adamw"),
 )
 QUICK_CASES = (
     Case("quick-digits-16px-b16", "digits", 16, 16, 1, 1e-3, 10.0, 20, (1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316),
@@ -110,6 +118,7 @@ def run_main(argv: list[str], run_dir: Path, quiet: bool) -> dict:
 def common_flags(case: Case, folder: str) -> list[str]:
     flags = ["--data_dir", folder, "--dataset", "digits" if case.data == "digits" else "imagenet1k",
              "--input_size", str(case.input_size), "--batch_size", str(case.batch_size), "--num_workers", "2"]
+    flags += ["--optimizer", case.optimizer] if case.optimizer != "sgd" else []  # (keeps older runs' cache keys)
     return flags + (["--max_samples", str(case.max_samples)] if case.max_samples else [])
 
 
@@ -194,14 +203,16 @@ class CaseResult:
 DIVISORS = (1.0, 1.5, 2.0, 3.0, 4.0)  # the edge divided by these: the evidence for lr_finder.RISE_DIVISOR
 
 
-def suggestions_from_history(lrs, losses) -> tuple[dict[str, float], dict]:
+def suggestions_from_history(lrs, losses, optimizer: str) -> tuple[dict[str, float], dict]:
     """Every method's rate (as main.py computes them) and the sweep's landmarks."""
-    from lr_finder import SuggestionError, find_landmarks, suggest_all
+    from lr_finder import AUTO, SuggestionError, auto_method, find_landmarks, suggest_all
 
     try:
         marks = find_landmarks(lrs, losses)
-        return suggest_all(lrs, losses, SMOOTH_F), {"edge_lr": marks.edge_lr, "min_loss_lr": marks.min_lr,
-                                                    "loss_drop": round(marks.loss_drop, 4)}
+        suggestions = suggest_all(lrs, losses, SMOOTH_F)
+        suggestions[AUTO] = suggestions[auto_method(optimizer)]  # the default
+        return suggestions, {"edge_lr": marks.edge_lr, "min_loss_lr": marks.min_lr,
+                             "loss_drop": round(marks.loss_drop, 4), "auto_method": auto_method(optimizer)}
     except SuggestionError:
         return {}, {}
 
@@ -255,7 +266,7 @@ def run_case(case: Case, work: Path, quiet: bool, verify: bool) -> CaseResult:
     result.plateau = plateau(result.grid, result.best_top1, result.noise)
     result.cost["train_runs"] = len(result.grid) + len(case.noise_seeds)
 
-    suggestions, landmarks = suggestions_from_history(lrs, losses)
+    suggestions, landmarks = suggestions_from_history(lrs, losses, case.optimizer)
     for name, lr in suggestions.items():
         result.methods[name] = place(lr, result.grid, result.noise)
     result.sweep.update(landmarks)

@@ -37,10 +37,11 @@ def test_quick_study_writes_every_key_and_reuses_its_runs(tmp_path, capsys):
     assert len(case["grid"]) >= 6 and len(case["seeds"]) == 2 and case["noise"] >= 0
     rates = sorted(float(r) for r in case["grid"])
     assert case["best_lr"] not in (rates[0], rates[-1]) or len(rates) == 6 + study.MAX_EXTENSIONS
-    assert set(case["methods"]) == {"rise", "steepest", "valley", "minimum", "lr_verify"}
+    assert set(case["methods"]) == {"auto", "rise", "steepest", "valley", "minimum", "lr_verify"}
     for method in case["methods"].values():
         assert set(method) == {"lr", "log10_ratio", "top1", "gap", "extrapolated", "in_plateau"}
-    assert {"edge_lr", "loss_drop", "steps_run", "history"} <= set(case["sweep"])
+    assert {"edge_lr", "loss_drop", "steps_run", "history", "auto_method"} <= set(case["sweep"])
+    assert case["methods"]["auto"] == case["methods"][case["sweep"]["auto_method"]]
     assert case["cost"]["sweep_steps"] == 20 and case["cost"]["verify_steps"] >= 5 * 2
     assert case["cost"]["verify_outcome"] in ("confirmed", "replaced", "inconclusive")
     assert plot.read_bytes()[:4] == b"\x89PNG"
