@@ -126,9 +126,12 @@ def step_resume(ctx) -> dict:
     proc = subprocess.Popen([sys.executable, "main.py", *flags], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        killed_at = -1
+        killed_at, seen = -1, None
         while proc.poll() is None:
-            killed_at = last_checkpoint_step(out / "last.pt", steps_per_epoch)
+            stamp = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else None
+            if stamp != seen:  # read a checkpoint (hundreds of MB on ImageNet) only when it changed
+                killed_at = last_checkpoint_step(out / "last.pt", steps_per_epoch)
+                seen = stamp if killed_at >= 0 else None  # a failed read is tried again
             if killed_at >= kill_at:
                 proc.send_signal(signal.SIGKILL)
                 break
