@@ -99,8 +99,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     finder.add_argument("--lr_verify", type=int, default=0, metavar="N",
                         help="after the sweep, train N steps (warm-up + cosine to 0) from the same initial weights "
                              "at 5 rates x2 apart around the suggestion, score each on held-out images (val/ if "
-                             "present, else a held-out slice of train/); the best (lowest loss) replaces the suggestion only "
-                             "when its top-1 beats the suggestion's by more than 2 standard errors (0: off)")
+                             "present, else a held-out slice of train/); the best (lowest loss) replaces the "
+                             "suggestion only when its top-1 beats the suggestion's by more than 2 standard errors "
+                             "(0: off)")
     finder.add_argument("--lr_val_batches", type=int, default=2, help="validation batches per step in --lr_advanced")
 
     optim = parser.add_argument_group("Optimizer (shared by the finder and training)")
