@@ -234,11 +234,17 @@ def load_pretrained_resnet50(device, num_classes: int = 1000, input_size: int = 
     model = build_resnet50(num_classes, input_size)
     target_shapes = {key: value.shape for key, value in model.state_dict().items()}
     notes, skipped = [], set()
-    if is_small_input(input_size):
+    rename = hf_to_torchvision_key if is_hf_checkpoint(checkpoint) else (lambda key: key)
+    given_shapes = {rename(key): tuple(tensor.shape) for key, tensor in checkpoint.items()}
+
+    def differs(name: str) -> bool:  # a checkpoint of our own small-input model keeps its stem
+        return given_shapes.get(name) != tuple(target_shapes[name])
+
+    if is_small_input(input_size) and differs("conv1.weight"):
         skipped |= {key for key in target_shapes if key.startswith(("conv1.", "bn1."))}
         notes.append(f"the 7x7 stem does not fit the 3x3 stem used at {input_size} px, "
                      f"so conv1/bn1 are re-initialised")
-    if num_classes != IMAGENET_CLASSES:
+    if differs("fc.weight"):
         skipped |= {key for key in target_shapes if key.startswith("fc.")}
         notes.append(f"classifier re-initialised for {num_classes} classes")
     loaded = match_checkpoint(checkpoint, target_shapes, skipped, str(weights_file))

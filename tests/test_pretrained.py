@@ -16,7 +16,7 @@ from torchvision.models import resnet50
 
 from conftest import FAST, run_cli
 from errors import UserInputError
-from model_resnet50 import (FETCH_COMMAND, check_class_order, find_pretrained_weights, hf_to_torchvision_key,
+from model_resnet50 import (FETCH_COMMAND, build_resnet50, check_class_order, find_pretrained_weights, hf_to_torchvision_key,
                             load_pretrained_resnet50, resnet50_v15_config_mismatches)
 
 CPU = torch.device("cpu")
@@ -276,3 +276,15 @@ def test_class_order_warning(names, num_classes, warned):
         assert warning is None
     else:
         assert warned in warning and "pretrained 1000-class head" in warning
+
+
+def test_a_small_input_checkpoint_of_our_own_keeps_its_stem_and_reinitialises_only_the_head(tmp_path, capsys):
+    source = build_resnet50(num_classes=8, input_size=16)  # e.g. trained by train.py on other data
+    with torch.no_grad():
+        source.conv1.weight.fill_(0.5)
+    torch.save(source.state_dict(), tmp_path / "own.pt")
+    model = load_pretrained_resnet50(CPU, num_classes=10, input_size=16, weights_path=tmp_path / "own.pt")
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.weight.shape == (10, 2048)
+    log = capsys.readouterr().out
+    assert "stem" not in log and "classifier re-initialised for 10 classes" in log
