@@ -1,0 +1,82 @@
+"""The cases of the suggestion study, in two sets kept apart:
+
+- FIT_CASES chose the rule and its constants (``auto``'s reading per optimizer, the divisor of the
+  edge, the confidence thresholds, the range): any change to the rule is judged on them first;
+- TEST_CASES judge the rule once it is frozen. None is a fit case with one setting changed: new
+  data (colour photo patches), new sizes and batches, and two fine-tuning cases whose model was
+  first trained on other data. Their results are reported apart and never used to choose a rule.
+
+Every training is long enough to mean something: at least 10 epochs and 300 optimizer steps.
+"""
+
+from dataclasses import dataclass
+
+SGD_GRID = (0.004, 0.016, 0.064, 0.256)  # x4 apart; refined to x2 around the best
+ADAMW_GRID = (2.5e-4, 1e-3, 4e-3, 1.6e-2)
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """A model trained first on other data, for a fine-tuning case."""
+    name: str
+    data: str
+    input_size: int
+    batch_size: int
+    epochs: int
+    lr: float
+    optimizer: str = "adamw"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    role: str  # "fit" or "test"
+    data: str  # "digits", "patches" (grey photo patches) or "colour" (colour photo patches)
+    input_size: int
+    batch_size: int
+    epochs: int
+    optimizer: str = "sgd"
+    lr_start: float = 1e-5
+    lr_end: float = 10.0
+    lr_iter: int = 100
+    grid: tuple = SGD_GRID  # first grid, extended while the best rate sits at an edge, then refined
+    max_samples: int | None = None
+    pretrain: Pretrain | None = None
+    verify_steps: int = 0  # first-round steps of --lr_verify (0: not run)
+    horizon_check: bool = False  # also train at twice the epochs around the best rate
+
+
+COLOUR_16 = Pretrain("colour-16px-adamw", "colour", 16, 32, 10, 1e-3)
+
+FIT_CASES = (
+    Case("digits-16px-b32", "fit", "digits", 16, 32, 10, lr_iter=120, verify_steps=12),
+    Case("digits-32px-b32", "fit", "digits", 32, 32, 20, max_samples=480, verify_steps=10),
+    Case("patches-16px-b64", "fit", "patches", 16, 64, 25, lr_start=1e-4, max_samples=800, verify_steps=10),
+    Case("digits-16px-b32-adamw", "fit", "digits", 16, 32, 10, "adamw", lr_end=1.0, lr_iter=150,
+         grid=ADAMW_GRID, verify_steps=15),
+    Case("patches-16px-b64-adamw", "fit", "patches", 16, 64, 25, "adamw", lr_end=1.0, grid=ADAMW_GRID,
+         max_samples=800, verify_steps=10),
+    Case("digits-32px-b32-adamw", "fit", "digits", 32, 32, 20, "adamw", lr_end=1.0, grid=ADAMW_GRID,
+         max_samples=480, verify_steps=10),
+)
+
+TEST_CASES = (  # cheapest first: the study runs them in this order
+    Case("colour-16px-b32", "test", "colour", 16, 32, 10, verify_steps=10, horizon_check=True),
+    Case("finetune-colour-to-patches-16px-b32", "test", "patches", 16, 32, 10, pretrain=COLOUR_16,
+         verify_steps=10),
+    Case("finetune-colour-to-digits-16px-b32-adamw", "test", "digits", 16, 32, 10, "adamw", lr_end=1.0,
+         grid=ADAMW_GRID, pretrain=COLOUR_16, verify_steps=10, horizon_check=True),
+    Case("digits-24px-b64-adamw", "test", "digits", 24, 64, 14, "adamw", lr_end=1.0, grid=ADAMW_GRID,
+         verify_steps=10),
+    Case("colour-32px-b64-adamw", "test", "colour", 32, 64, 20, "adamw", lr_end=1.0, grid=ADAMW_GRID,
+         verify_steps=10),
+    Case("colour-64px-b32", "test", "colour", 64, 32, 10, verify_steps=10),
+    Case("digits-24px-b128", "test", "digits", 24, 128, 28, verify_steps=10),
+)
+
+QUICK_CASES = (
+    Case("quick-digits-16px-b16", "fit", "digits", 16, 16, 1, lr_start=1e-3, lr_iter=20, max_samples=64,
+         grid=(1e-2, 4e-2, 0.16), verify_steps=2),
+)
+
+ALL_CASES = FIT_CASES + TEST_CASES
