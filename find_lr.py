@@ -18,8 +18,8 @@ from torch import nn
 
 from errors import UserInputError
 from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, analyse, auto_method, confidence, \
-    find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, trusted_readings
-from lr_verify import CANDIDATES, judge, verify_rates
+    find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, trusted_readings
+from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
     to_model_input
@@ -101,6 +101,8 @@ def summarise(lrs, raw_losses, method: str, smooth_f: float, optimizer: str = "s
         "edge_lr": marks.edge_lr,
         "min_loss_lr": marks.min_lr,
         "onecycle_max_lr": marks.onecycle_lr,
+        "blow_lr": marks.blow_lr,
+        "suggested_range": list(suggested_range(suggestions[method], optimizer, marks.blow_lr)),
     }
     result.update(assessment(result))
     return result
@@ -205,26 +207,30 @@ def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, t
         while True:
             yield from loader
 
+    center, (low, high) = result["suggested_lr"], result["suggested_range"]
     if dist.is_main:
-        print(f"Verifying: {args.lr_verify} steps at each of {CANDIDATES} rates around "
-              f"{result['suggested_lr']:.2e}, scored on {len(heldout_ds)} held-out images from {source}", flush=True)
+        plan = halving_rounds(len(candidate_rates(center, low, high)), args.lr_verify)
+        print(f"Verifying: {' then '.join(f'{n} rates x {k} steps' for n, k in plan)} across {low:.2e} to "
+              f"{high:.2e}, scored on {len(heldout_ds)} held-out images from {source}", flush=True)
     started = time.perf_counter()
-    trials, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), batches, heldout, result["suggested_lr"],
-                                  args.lr_verify, device, AMP_DTYPES[precision], channels_last, dist, stop)
-    result.update(verification_record(trials, reason, args.lr_verify, source, len(heldout_ds),
+    rounds, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), batches, heldout, center, args.lr_verify,
+                                  device, low, high, AMP_DTYPES[precision], channels_last, dist, stop)
+    result.update(verification_record(rounds, reason, args.lr_verify, source, len(heldout_ds),
                                       time.perf_counter() - started))
-    chosen, result["verify_outcome"] = judge(trials, result["suggested_lr"], len(heldout_ds))
+    chosen, result["verify_outcome"] = outcome(rounds, center, len(heldout_ds))
     if chosen is not None:
         result["suggestions"]["verified"] = chosen.lr
         result["suggested_lr"], result["suggestion_method"] = chosen.lr, "verified"
     result.update(assessment(result))
 
 
-def verification_record(trials, reason: str, steps: int, source: str, images: int, elapsed: float) -> dict:
+def verification_record(rounds, reason: str, steps: int, source: str, images: int, elapsed: float) -> dict:
+    trials = [(number, t) for number, trials in enumerate(rounds, 1) for t in trials]
     return {
-        "verification": [{"lr": t.lr, "loss": t.loss, "top1": round(t.top1, 2), "steps": t.steps} for t in trials],
+        "verification": [{"round": number, "lr": t.lr, "loss": t.loss, "top1": round(t.top1, 2), "steps": t.steps}
+                         for number, t in trials],
         "verify_steps": steps,
-        "verify_total_steps": sum(t.steps for t in trials),
+        "verify_total_steps": sum(t.steps for _, t in trials),
         "verify_heldout": {"source": source, "images": images},
         "verify_stop_reason": reason,
         "verify_elapsed_s": round(elapsed, 2),
@@ -293,7 +299,7 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
              f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
     if sweep.steps_run:
         plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,
-                   args.lr_smooth_f, result.get("verification"))
+                   args.lr_smooth_f, result.get("verification"), result.get("suggested_range"))
     config = dict(sorted(vars(args).items()))  # effective: after --demo and the derived defaults
     atomic_write_json(paths["json_file"], json_safe({**result, "config": config}))
     note = ("(not captured when main.py is run directly; run_lr_finder.py records the full output here)")

@@ -1,17 +1,20 @@
-"""``--lr_verify N``: check the range test's answer with short, complete trainings.
+"""``--lr_verify N``: check the range test's answer with short, complete trainings, spending the
+budget where it tells (successive halving).
 
-From the same initial weights, train N steps at a few candidate rates around the suggestion
-(x2 apart), each with its own compressed schedule (a short linear warm-up, then cosine decay to
-zero: a constant rate would favour small rates over so short a horizon), then measure loss and
-top-1 on fixed held-out batches. The candidate with the lowest held-out loss is the trials' best;
-when it sits at an edge of the candidates, one more rate beyond it is tried (twice at most).
+From the same initial weights, every candidate rate (x2 apart, across the suggested range, the
+curve's answer among them) trains N steps with its own compressed schedule (a short linear
+warm-up, then cosine decay to zero: a constant rate would favour small rates over so short a
+horizon) and is scored on fixed held-out batches. The better half (lowest held-out loss) trains
+again from the start for 2N steps, the better half of those for 4N, until two remain: the better
+of the last round is the trials' answer. Short trials favour low rates (the short-horizon bias);
+survivors judged on longer horizons correct part of it.
 
-The trials replace the curve's rate only when their best also beats it clearly on held-out top-1
-(more than MARGIN_SE standard errors): trials too short to learn much favour low rates on loss
-alone, and a winner inside the noise would be a coin toss dressed up as a measurement.
+When the curve's answer reaches the last round, the trials replace it only when their best also
+beats it clearly on held-out top-1 (more than MARGIN_SE standard errors): a winner inside the
+noise would be a coin toss dressed up as a measurement. An answer knocked out earlier is replaced.
 
-    trials = verify_rates(model, optimizer, criterion, batches, heldout, center=0.05, steps=100,
-                          device=device, amp_dtype=torch.bfloat16)
+    trials = verify_rates(model, optimizer, criterion, batches, heldout, center=0.05, steps=10,
+                          device=device, low=0.0125, high=0.4, amp_dtype=torch.bfloat16)
 """
 
 import math
@@ -23,9 +26,7 @@ from tqdm import tqdm
 from runtime import Distributed, cpu_copy, unwrap
 from train import evaluate, lr_multiplier, train_step
 
-CANDIDATES = 5
 SPACING = 2.0
-MAX_EXTRA = 2
 WARMUP_SHARE = 0.1
 MARGIN_SE = 2.0  # a top-1 difference counts when it exceeds this many standard errors
 
@@ -40,10 +41,21 @@ class Trial:
     steps: int
 
 
-def candidate_rates(center: float, count: int = CANDIDATES, spacing: float = SPACING) -> list[float]:
-    """``count`` rates ``spacing`` apart, centred on ``center`` in log space."""
-    half = (count - 1) / 2
-    return [center * spacing ** (i - half) for i in range(count)]
+def candidate_rates(center: float, low: float, high: float, spacing: float = SPACING) -> list[float]:
+    """``center`` times every power of ``spacing`` that lies in [low, high] (``center`` always among them)."""
+    step = math.log(spacing)
+    k_low = min(0, math.ceil(math.log(low / center) / step - 1e-9))
+    k_high = max(0, math.floor(math.log(high / center) / step + 1e-9))
+    return [center * spacing ** k for k in range(k_low, k_high + 1)]
+
+
+def halving_rounds(candidates: int, steps: int) -> list[tuple[int, int]]:
+    """(trials, steps each) per round: all candidates for ``steps``, then the better half for twice
+    as many, until two remain (a single candidate gets one round)."""
+    rounds = [(candidates, steps)]
+    while rounds[-1][0] > 2:
+        rounds.append((math.ceil(rounds[-1][0] / 2), rounds[-1][1] * 2))
+    return rounds
 
 
 def trial_schedule(step: int, steps: int) -> float:
@@ -57,17 +69,10 @@ def best_trial(trials: list[Trial]) -> Trial | None:
     return min(finite, key=lambda t: (t.loss, -t.top1)) if finite else None
 
 
-def next_rate(trials: list[Trial], spacing: float = SPACING) -> float | None:
-    """One rate beyond the candidates when the best is at their edge, else None."""
-    best = best_trial(trials)
-    if best is None:
-        return None
-    rates = sorted(t.lr for t in trials)
-    if best.lr == rates[0]:
-        return rates[0] / spacing
-    if best.lr == rates[-1]:
-        return rates[-1] * spacing
-    return None
+def better_half(trials: list[Trial], keep: int) -> list[float]:
+    """The rates of the ``keep`` best trials (lowest held-out loss; diverged ones last), low to high."""
+    ranked = sorted(trials, key=lambda t: (not math.isfinite(t.loss), t.loss, -t.top1))
+    return sorted(t.lr for t in ranked[:keep])
 
 
 def clearly_better(top1: float, than: float, images: int, margin: float = MARGIN_SE) -> bool:
@@ -105,40 +110,51 @@ class Interrupted(Exception):
 
 
 def verify_rates(model, optimizer, criterion, batches, heldout, center: float, steps: int, device,
-                 amp_dtype=None, channels_last: bool = True, dist: Distributed | None = None,
-                 stop_requested=lambda: False) -> tuple[list[Trial], str]:
-    """Run the trials; returns them (completed ones only) and why they ended: ``completed`` or
-    ``interrupted``. ``batches()`` gives a fresh iterator over training batches, the same
-    sequence for every trial; ``heldout`` is a list of batches. The model and optimizer end in
-    the state they started in."""
+                 low: float | None = None, high: float | None = None, amp_dtype=None, channels_last: bool = True,
+                 dist: Distributed | None = None, stop_requested=lambda: False) -> tuple[list[list[Trial]], str]:
+    """Run the rounds of trials over the candidates in [low, high] (default: x4 around ``center``);
+    returns the completed trials per round and why they ended: ``completed`` or ``interrupted``.
+    ``batches()`` gives a fresh iterator over training batches, the same sequence for every trial;
+    ``heldout`` is a list of batches. The model and optimizer end in the state they started in."""
     dist = dist or Distributed(device=device)
     start_model = cpu_copy(unwrap(model).state_dict())
     start_optimizer = cpu_copy(optimizer.state_dict())
-    rates = candidate_rates(center)
-    trials: list[Trial] = []
-    bar = tqdm(total=len(rates) * steps, desc="lr_verify", unit="step", dynamic_ncols=True,
+    rates = candidate_rates(center, low or center / 4, high or center * 4)
+    plan = halving_rounds(len(rates), steps)
+    rounds: list[list[Trial]] = []
+    bar = tqdm(total=sum(n * k for n, k in plan), desc="lr_verify", unit="step", dynamic_ncols=True,
                disable=not dist.is_main)
     reason = "completed"
     try:
-        while rates:
-            lr = rates.pop(0)
-            trials.append(_one_trial(model, optimizer, criterion, batches(), heldout, lr, steps, device, amp_dtype,
-                                     channels_last, dist, stop_requested, bar))
-            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{trials[-1].loss:.3f}")
-            if not rates and len(trials) < CANDIDATES + MAX_EXTRA:
-                extra = next_rate(trials)
-                if extra is not None:
-                    rates.append(extra)
-                    bar.total += steps
-            unwrap(model).load_state_dict(start_model)
-            optimizer.load_state_dict(start_optimizer)
+        for number, (_, round_steps) in enumerate(plan):
+            if number:
+                rates = better_half(rounds[-1], plan[number][0])
+            rounds.append([])
+            for lr in rates:
+                rounds[-1].append(_one_trial(model, optimizer, criterion, batches(), heldout, lr, round_steps, device,
+                                             amp_dtype, channels_last, dist, stop_requested, bar))
+                bar.set_postfix(lr=f"{lr:.2e}", steps=round_steps, loss=f"{rounds[-1][-1].loss:.3f}")
+                unwrap(model).load_state_dict(start_model)
+                optimizer.load_state_dict(start_optimizer)
     except Interrupted:
         reason = "interrupted"
     finally:
         bar.close()
         unwrap(model).load_state_dict(start_model)
         optimizer.load_state_dict(start_optimizer)
-    return sorted(trials, key=lambda t: t.lr), reason
+    return [r for r in rounds if r], reason
+
+
+def outcome(rounds: list[list[Trial]], center: float, images: int) -> tuple[Trial | None, str]:
+    """What the rounds say about the curve's rate ``center``: ``judge`` on the last round when the
+    centre reached it; else the last round's best replaces it (it lost on an equal horizon)."""
+    if not rounds:
+        return None, INCONCLUSIVE
+    last = rounds[-1]
+    if any(math.isclose(t.lr, center, rel_tol=1e-9) for t in last) or len(rounds) == 1:
+        return judge(last, center, images)
+    best = best_trial(last)
+    return (best, REPLACED) if best is not None else (None, INCONCLUSIVE)
 
 
 def _one_trial(model, optimizer, criterion, batch_iter, heldout, lr, steps, device, amp_dtype, channels_last,

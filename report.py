@@ -118,17 +118,21 @@ def _results_text(result: dict) -> str:
         lines.append(f"Error              : {result['error']}")
     if result.get("suggested_lr") is not None:
         lines.append(f"Suggested LR       : {result['suggested_lr']:.2e} ({result.get('suggestion_method')})")
+    if result.get("suggested_range"):
+        low, high = result["suggested_range"]
+        lines.append(f"Suggested range    : {low:.2e} to {high:.2e} (where the best rate is expected to lie)")
     for name, lr in (result.get("suggestions") or {}).items():
         lines.append(f"  {name:<17}: {_fmt(lr)}")
     if result.get("verification"):
         held = result.get("verify_heldout") or {}
-        lines.append(f"Verification       : {result.get('verify_steps')} steps per trial, scored on "
-                     f"{held.get('images')} held-out images from {held.get('source')} ({result.get('verify_stop_reason')}; "
-                     f"{result.get('verify_outcome')})")
+        lines.append(f"Verification       : {result.get('verify_steps')} steps per trial in the first round, doubled "
+                     f"each round for the better half, scored on {held.get('images')} held-out images from "
+                     f"{held.get('source')} ({result.get('verify_stop_reason')}; {result.get('verify_outcome')})")
         for trial in result["verification"]:
             loss = trial["loss"]
             shown = f"{loss:.4f}" if isinstance(loss, float) else "diverged"
-            lines.append(f"  lr {trial['lr']:.2e}: held-out loss {shown}, top-1 {trial['top1']:.1f} %")
+            lines.append(f"  round {trial.get('round', 1)}, lr {trial['lr']:.2e}, {trial['steps']} steps: "
+                         f"held-out loss {shown}, top-1 {trial['top1']:.1f} %")
     keys = ["confidence", "loss_drop", "edge_lr", "min_loss_lr", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_step", "stop_lr", "steps_run",
             "lr_iter", "lr_finder_epochs", "bad_images", "skipped_steps", "device", "precision",
             "global_batch_size", "elapsed_s", "images_per_second", "plot_file", "history_file", "log_file"]
@@ -145,6 +149,12 @@ def _analysis_text(result: dict) -> str:
     lr = result["suggested_lr"]
     lines = [("✅ " if not analysis.get("warnings") else "⚠️ ") + analysis.get("verdict", "")]
     lines += [f"⚠️  {w}" for w in analysis.get("warnings", [])]
+    if result.get("suggested_range"):
+        low, high = result["suggested_range"]
+        lines += ["", f"The suggested range, {low:.2e} to {high:.2e}, is where the best rate of a full training "
+                      "is expected to lie around this answer: how far the best rate lay from the answer on the "
+                      "study's cases (see docs/suggestion.md for how often it held). --lr_verify N tries the "
+                      "rates across it with short trainings."]
     lines += ["", "Recommended next steps:"]
     lines += [f"{i}. {step}" for i, step in enumerate(next_steps(result, lr), 1)]
     return "\n".join(lines)

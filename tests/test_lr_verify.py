@@ -10,13 +10,36 @@ from torch import nn
 
 from conftest import FAST, make_image_folder, run_cli
 from lr_finder import Evidence, auto_method, confidence, spread_decades, trusted_readings
-from lr_verify import Trial, best_trial, candidate_rates, clearly_better, judge, next_rate, trial_schedule, verify_rates
+from lr_verify import (Trial, best_trial, better_half, candidate_rates, clearly_better, halving_rounds, judge, outcome,
+                       trial_schedule, verify_rates)
 
 CPU = torch.device("cpu")
 
 
-def test_candidates_are_x2_apart_around_the_suggestion():
-    assert candidate_rates(0.1) == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+def test_candidates_are_x2_apart_across_the_range_with_the_suggestion_among_them():
+    assert candidate_rates(0.1, 0.025, 0.8) == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4, 0.8])
+    assert candidate_rates(0.1, 0.03, 0.3) == pytest.approx([0.05, 0.1, 0.2])  # only rates inside
+    assert candidate_rates(0.1, 0.2, 0.8) == pytest.approx([0.1, 0.2, 0.4, 0.8])  # the answer always
+
+
+def test_successive_halving_doubles_the_steps_for_the_better_half_until_two_remain():
+    assert halving_rounds(6, 10) == [(6, 10), (3, 20), (2, 40)]  # 200 steps in all
+    assert halving_rounds(4, 10) == [(4, 10), (2, 20)]
+    assert halving_rounds(5, 8) == [(5, 8), (3, 16), (2, 32)]
+    assert halving_rounds(1, 10) == [(1, 10)]
+    trials = [Trial(0.01, 0.9, 50.0, 5), Trial(0.02, 0.7, 55.0, 5), Trial(0.04, math.inf, 0.0, 2),
+              Trial(0.08, 0.8, 52.0, 5)]
+    assert better_half(trials, 2) == [0.02, 0.08]
+    assert better_half(trials, 4)[-1] == 0.08 and better_half(trials, 3) == [0.01, 0.02, 0.08]
+
+
+def test_the_last_round_decides_and_an_answer_knocked_out_early_is_replaced():
+    first = [Trial(0.01, 0.9, 30.0, 5), Trial(0.02, 0.8, 31.0, 5), Trial(0.04, 0.7, 33.0, 5), Trial(0.08, 0.75, 32.0, 5)]
+    last = [Trial(0.04, 0.5, 60.0, 10), Trial(0.08, 0.55, 58.0, 10)]
+    assert outcome([first, last], 0.01, 256) == (last[0], "replaced")  # the answer lost in round 1
+    assert outcome([first, last], 0.08, 256) == (None, "inconclusive")  # a finalist within the noise stays
+    assert outcome([first, last], 0.04, 256) == (last[0], "confirmed")
+    assert outcome([], 0.04, 256) == (None, "inconclusive")
 
 
 def test_each_trial_warms_up_then_decays_to_zero():
@@ -26,12 +49,9 @@ def test_each_trial_warms_up_then_decays_to_zero():
     assert factors[-1] < 0.01
 
 
-def test_the_best_trial_and_one_more_rate_beyond_an_edge():
+def test_the_best_trial_is_the_lowest_finite_held_out_loss():
     trials = [Trial(0.01, 0.9, 50.0, 5), Trial(0.02, 0.8, 55.0, 5), Trial(0.04, math.inf, 0.0, 2)]
-    assert best_trial(trials).lr == 0.02 and next_rate(trials) is None
-    at_low_edge = [Trial(0.01, 0.7, 50.0, 5), Trial(0.02, 0.8, 55.0, 5)]
-    assert next_rate(at_low_edge) == pytest.approx(0.005)
-    assert next_rate([Trial(0.01, 0.9, 50.0, 5), Trial(0.02, 0.8, 55.0, 5)]) == pytest.approx(0.04)
+    assert best_trial(trials).lr == 0.02
     assert best_trial([Trial(0.01, math.nan, 0.0, 1)]) is None
 
 
@@ -76,14 +96,16 @@ def tiny_setup(seed=0):
     return model, optimizer, cycle, batches[:2]
 
 
-def test_trials_restore_the_model_and_optimizer_and_report_each_rate():
+def test_trials_restore_the_model_and_optimizer_and_report_each_round():
     model, optimizer, cycle, heldout = tiny_setup()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trials, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 0.1, 3, CPU)
+    rounds, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 0.1, 3, CPU, 0.025, 0.8)
     assert reason == "completed"
-    assert 5 <= len(trials) <= 7 and [t.lr for t in trials] == sorted(t.lr for t in trials)
-    assert all(b.lr / a.lr == pytest.approx(2.0) for a, b in zip(trials, trials[1:]))
-    assert all(t.steps == 3 and 0 <= t.top1 <= 100 for t in trials)
+    assert [[t.steps for t in r] for r in rounds] == [[3] * 6, [6] * 3, [12] * 2]
+    assert [t.lr for t in rounds[0]] == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4, 0.8])
+    assert [t.lr for t in rounds[1]] == pytest.approx(better_half(rounds[0], 3))
+    assert [t.lr for t in rounds[2]] == pytest.approx(better_half(rounds[1], 2))
+    assert all(0 <= t.top1 <= 100 for r in rounds for t in r)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert optimizer.state_dict()["state"] == {} and optimizer.param_groups[0]["lr"] == 0.1
 
@@ -91,23 +113,24 @@ def test_trials_restore_the_model_and_optimizer_and_report_each_rate():
 def test_same_batches_give_the_same_trial_results():
     def run():
         model, optimizer, cycle, heldout = tiny_setup()
-        return verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 0.1, 3, CPU)[0]
+        rounds = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 0.1, 3, CPU)[0]
+        return [t.loss for r in rounds for t in r]
 
-    assert [t.loss for t in run()] == pytest.approx([t.loss for t in run()])
+    assert run() == pytest.approx(run())
 
 
 def test_a_stop_request_keeps_only_the_finished_trials():
     model, optimizer, cycle, heldout = tiny_setup()
     calls = iter(range(100))
-    trials, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 0.1, 3, CPU,
+    rounds, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 0.1, 3, CPU,
                                   stop_requested=lambda: next(calls) >= 7)  # asked once per step
-    assert reason == "interrupted" and [t.lr for t in trials] == pytest.approx([0.025, 0.05])
+    assert reason == "interrupted" and [t.lr for t in rounds[0]] == pytest.approx([0.025, 0.05])
 
 
 def test_a_diverging_rate_is_recorded_as_such():
     model, optimizer, cycle, heldout = tiny_setup()
-    trials, _ = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 1e12, 3, CPU)
-    assert any(not math.isfinite(t.loss) and t.top1 == 0.0 for t in trials)
+    rounds, _ = verify_rates(model, optimizer, nn.CrossEntropyLoss(), cycle, heldout, 1e12, 3, CPU)
+    assert any(not math.isfinite(t.loss) and t.top1 == 0.0 for t in rounds[0])
 
 
 def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
@@ -122,14 +145,19 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "suggested_lr.json").read_text())
     trials = result["verification"]
-    assert len(trials) >= 5 and all(set(t) == {"lr", "loss", "top1", "steps"} for t in trials)
+    assert all(set(t) == {"round", "lr", "loss", "top1", "steps"} for t in trials)
+    low, high = result["suggested_range"]
+    first = [t for t in trials if t["round"] == 1]
+    assert [t["lr"] for t in first] == pytest.approx(candidate_rates(result["suggestions"][auto_method("sgd")], low, high))
+    assert {t["steps"] for t in first} == {2}
     assert result["verify_heldout"] == {"source": "train (held out)", "images": 7}  # 36 // 5
     assert result["verify_steps"] == 2 and result["verify_total_steps"] == sum(t["steps"] for t in trials)
     curve_method = auto_method(result["optimizer"])  # the default: the trials are centred on its rate
     curve_lr = result["suggestions"][curve_method]
-    chosen, outcome = judge([Trial(t["lr"], math.inf if t["loss"] is None else t["loss"], t["top1"], t["steps"])
-                             for t in trials], curve_lr, 7)
-    assert result["verify_outcome"] == outcome
+    rounds = [[Trial(t["lr"], math.inf if t["loss"] is None else t["loss"], t["top1"], t["steps"])
+               for t in trials if t["round"] == number] for number in sorted({t["round"] for t in trials})]
+    chosen, result_outcome = outcome(rounds, curve_lr, 7)
+    assert result["verify_outcome"] == result_outcome
     rates = sorted(t["lr"] for t in trials)
     readings = trusted_readings(result["suggestions"], result["optimizer"])
     if chosen is None:  # the curve's rate stays, and the analysis says why
@@ -144,10 +172,13 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
     evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
     assert result["confidence"] == confidence(evidence)
     log = (tmp_path / "out" / "lr_finder_log.txt").read_text()
-    assert "Verification       : 2 steps per trial, scored on 7 held-out images from train (held out)" in log
-    assert f"from train (held out) (completed; {outcome})" in log
-    best = best_trial([Trial(t["lr"], t["loss"], t["top1"], t["steps"]) for t in trials if t["loss"] is not None])
-    assert f"  lr {best.lr:.2e}: held-out loss {best.loss:.4f}" in log
+    assert "Verification       : 2 steps per trial in the first round, doubled each round for the better half, " \
+           "scored on 7 held-out images from train (held out)" in log
+    assert f"from train (held out) (completed; {result_outcome})" in log
+    last = trials[-1]
+    shown = f"{last['loss']:.4f}" if last["loss"] is not None else "diverged"
+    assert f"  round {last['round']}, lr {last['lr']:.2e}, {last['steps']} steps: held-out loss {shown}" in log
+    assert f"Suggested range    : {low:.2e} to {high:.2e}" in log
     import cv2
 
     assert cv2.imread(str(tmp_path / "out" / "p.png")).shape[1] == 1800  # the second panel widens the plot

@@ -6,7 +6,7 @@ import pytest
 from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, Landmarks, SuggestionError, analyse, auto_method, confidence,
                        default_skips, find_landmarks, loss_ylim, median_half_width, onecycle_max_lr, robust_curve, smooth,
                        spread_decades, suggest_all, suggest_minimum, suggest_rise, suggest_steepest, suggest_valley,
-                       trusted_readings)
+                       suggested_range, trusted_readings)
 
 LRS = list(np.logspace(-6, 1, 120))
 
@@ -146,8 +146,8 @@ def test_edge_of_a_curve_that_falls_then_rises():
 def test_auto_reads_the_edge_with_sgd_and_the_lowest_point_with_adamw():
     assert auto_method("sgd") == "rise" and auto_method("adamw") == "minimum"
     suggestions = {"rise": 0.05, "steepest": 0.004, "valley": 0.0006, "minimum": 0.001, "verified": 0.002}
-    assert trusted_readings(suggestions, "adamw") == [0.004, 0.0006, 0.001]  # its edge can lie far past the fall
-    assert trusted_readings(suggestions, "sgd") == [0.05, 0.004, 0.0006, 0.001]
+    assert trusted_readings(suggestions, "adamw") == [0.004, 0.001]  # its edge can lie far past the fall
+    assert trusted_readings(suggestions, "sgd") == [0.05, 0.004, 0.001]
 
 
 def test_one_cycle_peaks_where_a_deep_fall_stops_and_at_the_edge_of_a_shallow_one():
@@ -232,3 +232,44 @@ def test_the_json_records_the_reading_auto_picked_for_the_optimizer():
         result = summarise(lrs, loss, "auto", 0.05, optimizer)
         assert result["suggestion_method"] == method and result["suggested_lr"] == result["suggestions"][method]
     assert summarise(lrs, loss, "valley", 0.05, "adamw")["suggestion_method"] == "valley"  # a choice is kept
+
+
+def late_dip_curve():
+    """A deep fall to 1.0 near 3e-3, a climb back to 2.0 (sustained), then a lower dip to 0.8
+    near 0.2 just before the blow-up: the shape where a model is already damaged by the rise."""
+    x = np.log10(LRS)
+    loss = 1.0 + 1.3 / (1 + np.exp((x + 3.5) / 0.15))  # 2.3 -> 1.0 around 3e-4
+    loss = loss + 1.0 / (1 + np.exp(-(x + 1.8) / 0.1))  # back up to 2.0 past 1.6e-2
+    loss = loss - 1.2 * np.exp(-((x + 0.7) / 0.08) ** 2)  # the late dip to 0.8 at 0.2
+    return list(loss + np.where(x > -0.4, (x + 0.4) * 30, 0))  # blow-up past 0.4
+
+
+def test_a_late_dip_before_the_blow_up_is_never_read():
+    marks = find_landmarks(LRS, late_dip_curve())
+    assert 1e-3 < marks.min_lr < 1.5e-2  # the first valley, not the late dip at 0.2
+    assert 1e-2 < marks.edge_lr < 3e-2  # the first sustained rise
+    suggestions = suggest_all(LRS, late_dip_curve(), 0.05)
+    assert all(lr <= marks.edge_lr for lr in suggestions.values())
+    assert suggestions["minimum"] < 2e-3  # a tenth of the first valley; 0.02 if the dip were read
+
+
+def test_a_flat_noisy_loss_has_no_early_rise_from_its_own_noise():
+    rng = np.random.default_rng(3)
+    x = np.log10(LRS)
+    loss = 2.3 + rng.normal(0, 0.05, len(LRS)) + np.where(x > -1, (x + 1) * 6, 0)
+    marks = find_landmarks(LRS, list(loss))
+    assert marks.edge_lr > 0.08 and marks.blow_lr >= marks.edge_lr
+
+
+def test_the_range_spans_the_fit_cases_ratios_and_stops_at_the_blow_up():
+    assert suggested_range(0.01, "sgd", None) == pytest.approx((0.0025, 0.08))
+    assert suggested_range(1e-3, "adamw", None) == pytest.approx((1e-3 / 3, 4e-3))
+    assert suggested_range(0.01, "sgd", 0.03) == pytest.approx((0.0025, 0.03))  # never past the blow-up
+    low, high = suggested_range(0.05, "sgd", 0.02)  # an answer above the blow-up keeps a range above it
+    assert low < 0.05 <= high
+
+
+def test_confidence_weighs_the_readings_that_agree_not_valley():
+    readings = {"rise": 0.02, "steepest": 0.01, "valley": 1e-5, "minimum": 0.012}
+    assert trusted_readings(readings, "sgd") == [0.02, 0.01, 0.012]
+    assert trusted_readings(readings, "adamw") == [0.01, 0.012]

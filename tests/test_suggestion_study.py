@@ -1,5 +1,6 @@
-"""benchmarks/suggestion_study.py: the measures it reports, and a --quick run that writes every
-key (no accuracy is asserted: a one-epoch run on 64 images says nothing about rates)."""
+"""benchmarks/suggestion_study.py: the measures it reports, the grid it trains, and a --quick run
+that writes every key and resumes from its records (no accuracy is asserted: a one-epoch run on 64
+images says nothing about rates)."""
 
 import json
 import sys
@@ -10,45 +11,81 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import study_cases  # noqa: E402
 import suggestion_study as study  # noqa: E402
 
-GRID = {1e-3: 40.0, 3.16e-3: 55.0, 1e-2: 60.0, 3.16e-2: 58.0, 0.1: 30.0}
+GRID = {1e-3: 40.0, 2e-3: 55.0, 4e-3: 60.0, 8e-3: 58.0, 3.2e-2: 20.0}
 
 
 def test_top1_is_interpolated_on_log_lr_and_flagged_outside_the_grid():
-    assert study.interpolate_top1(1e-2, GRID) == (60.0, False)
-    value, outside = study.interpolate_top1(10 ** -1.75, GRID)  # half-way (in log) from 1e-2 to 3.16e-2
+    assert study.interpolate_top1(4e-3, GRID) == (60.0, False)
+    value, outside = study.interpolate_top1(4e-3 * 2 ** 0.5, GRID)  # half-way (in log) from 4e-3 to 8e-3
     assert value == pytest.approx(59.0, abs=0.05) and not outside
-    assert study.interpolate_top1(1.0, GRID) == (30.0, True)
+    assert study.interpolate_top1(1.0, GRID) == (20.0, True)
 
 
-def test_plateau_and_placement_of_a_suggestion():
-    assert study.plateau(GRID, 60.0, 3.0) == [1e-2, 3.16e-2]
-    inside = study.place(0.02, GRID, 3.0)
-    assert inside["in_plateau"] and inside["log10_ratio"] == pytest.approx(0.301, abs=1e-3)
-    low = study.place(2e-3, GRID, 3.0)  # nearest grid rate 3.16e-3 is 5 points below the best
-    assert not low["in_plateau"] and low["gap"] == pytest.approx(60.0 - low["top1"])
+def test_plateau_is_widened_half_way_to_the_next_grid_rate_and_collapse_is_flagged():
+    assert study.plateau(GRID, 60.0, 3.0) == [4e-3, 8e-3]
+    low, high = study.plateau_bounds(GRID, 60.0, 3.0)
+    assert low == pytest.approx((2e-3 * 4e-3) ** 0.5) and high == pytest.approx((8e-3 * 3.2e-2) ** 0.5)
+    inside = study.place(0.01, GRID, 3.0)
+    assert inside["in_plateau"] and inside["log10_ratio"] == pytest.approx(0.398, abs=1e-3)
+    low_rate = study.place(2e-3, GRID, 3.0)  # 5 points under the best: outside
+    assert not low_rate["in_plateau"] and low_rate["gap"] == pytest.approx(5.0) and not low_rate["collapsed"]
+    assert study.place(3.2e-2, GRID, 3.0)["collapsed"]  # 20 % where the best is 60 %
 
 
-def test_quick_study_writes_every_key_and_reuses_its_runs(tmp_path, capsys):
-    work, out, plot = tmp_path / "work", tmp_path / "study.json", tmp_path / "study.png"
-    assert study.main(["--quick", "--work_dir", str(work), "--json", str(out), "--plot", str(plot)]) == 0
-    (case,) = json.loads(out.read_text())["cases"]
-    assert len(case["grid"]) >= 6 and len(case["seeds"]) == 2 and case["noise"] >= 0
-    rates = sorted(float(r) for r in case["grid"])
-    assert case["best_lr"] not in (rates[0], rates[-1]) or len(rates) == 6 + study.MAX_EXTENSIONS
-    assert set(case["methods"]) == {"auto", "rise", "steepest", "valley", "minimum", "lr_verify"}
+def test_the_grid_extends_past_an_edge_then_refines_to_x2_around_the_best():
+    grid = {0.004: 10.0, 0.016: 30.0, 0.064: 40.0, 0.256: 20.0}
+    assert study.next_grid_rate(grid) == pytest.approx(0.032)
+    grid[0.032] = 35.0  # the best stays at 0.064: its upper neighbour is x4 away
+    assert study.next_grid_rate(grid) == pytest.approx(0.128)
+    grid[0.128] = 30.0
+    assert study.next_grid_rate(grid) is None
+    assert study.next_grid_rate({0.004: 50.0, 0.016: 30.0}) == pytest.approx(0.001)  # best at the low edge
+
+
+def test_distribution_and_calibration_tables():
+    stats = study.log_ratio_stats([0.5, -0.25, 0.1])
+    assert stats == {"n": 3, "mean": pytest.approx(0.117, abs=1e-3), "sd": pytest.approx(0.306, abs=1e-3),
+                     "worst": 0.5}
+    table = study.calibration([("high", True), ("high", True), ("medium", False), ("low", True), ("low", False)])
+    assert table["high"] == {"cases": 2, "in_plateau": 2, "share": 1.0}
+    assert table["medium"]["share"] == 0.0 and table["low"]["share"] == 0.5
+
+
+def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
+    fit = {c.name for c in study_cases.FIT_CASES}
+    test = study_cases.TEST_CASES
+    assert not fit & {c.name for c in test} and all(c.role == "test" for c in test)
+    assert sum(c.optimizer == "sgd" for c in test) >= 4 and sum(c.optimizer == "adamw" for c in test) >= 3
+    images = {"digits": 1438, "patches": 1500, "colour": 960}
+    for case in study_cases.FIT_CASES + test:
+        steps_per_epoch = min(images[case.data], case.max_samples or 10 ** 9) // case.batch_size
+        assert case.epochs >= 10 and steps_per_epoch * case.epochs >= 300, case.name
+    assert {32, 128} <= {c.batch_size for c in test} and max(c.input_size for c in test) >= 64
+    assert any(c.pretrain for c in test)
+
+
+def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, capsys):
+    records, work, out, plot = tmp_path / "records", tmp_path / "work", tmp_path / "study.json", tmp_path / "s.png"
+    argv = ["--quick", "--records", str(records), "--work_dir", str(work)]
+    assert study.main(argv + ["--json", str(out), "--plot", str(plot)]) == 0
+    report = json.loads(out.read_text())
+    (case,) = report["cases"]
+    assert len(case["grid"]) >= 3 and len(case["seeds"]) == 3 and case["noise"] >= 0
+    assert {"auto", "rise", "steepest", "valley", "minimum", "lr_verify"} <= set(case["methods"])
     for method in case["methods"].values():
-        assert set(method) == {"lr", "log10_ratio", "top1", "gap", "extrapolated", "in_plateau"}
-    assert {"edge_lr", "loss_drop", "steps_run", "history", "auto_method"} <= set(case["sweep"])
-    assert case["methods"]["auto"] == case["methods"][case["sweep"]["auto_method"]]
-    assert case["cost"]["sweep_steps"] == 20 and case["cost"]["verify_steps"] >= 5 * 2
-    assert case["cost"]["verify_outcome"] in ("confirmed", "replaced", "inconclusive")
+        assert set(method) == {"lr", "log10_ratio", "top1", "gap", "extrapolated", "in_plateau", "collapsed"}
+    assert {"confidence", "loss_drop", "suggested_range", "history"} <= set(case["sweep"])
+    assert set(case["range"]) == {"low", "high", "covers_best"}
+    assert case["cost"]["sweep_steps"] == 20 and case["cost"]["verify_steps"] >= 2
+    assert report["summary"]["fit"]["cases"] == 1 and "auto" in report["summary"]["fit"]["methods"]
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    printed = capsys.readouterr().out
-    assert "| quick-digits-16px-b16 | rise |" in printed and "edge / 2" in printed
+    assert "| quick-digits-16px-b16 |" in capsys.readouterr().out
 
-    runs = sorted(work.rglob("run.json"))
-    stamps = [p.stat().st_mtime_ns for p in runs]
-    assert study.main(["--quick", "--work_dir", str(work)]) == 0  # all cached: nothing runs again
-    assert [p.stat().st_mtime_ns for p in sorted(work.rglob("run.json"))] == stamps
+    saved = sorted(records.rglob("*.json"))
+    assert saved and all("<data:digits>" in json.loads(p.read_text())["argv"] for p in saved)  # machine-free
+    stamps = [p.stat().st_mtime_ns for p in saved]
+    assert study.main(argv + ["--only_records"]) == 0  # everything is in the records: nothing runs again
+    assert [p.stat().st_mtime_ns for p in sorted(records.rglob("*.json"))] == stamps
