@@ -43,12 +43,33 @@ def history(folder: Path) -> dict:
     return {"lr": [float(r["lr"]) for r in rows], "loss": [float(r["loss"]) for r in rows]}
 
 
+PRODIGY = "<prodigy>"  # marks a run whose optimizer is Prodigy (a study-only baseline, not a main.py choice)
+
+
+@contextlib.contextmanager
+def prodigy_optimizer():
+    """Training builds Prodigy (prodigyopt, its defaults) wherever it would build its optimizer."""
+    import train
+    from prodigyopt import Prodigy
+
+    def build(model, *args, **kwargs):
+        print("Optimizer: Prodigy at its defaults (lr 1), replacing the command line's", flush=True)
+        return Prodigy([p for p in model.parameters() if p.requires_grad], lr=1.0)
+
+    original = train.build_optimizer
+    train.build_optimizer = build
+    try:
+        yield
+    finally:
+        train.build_optimizer = original
+
+
 class Runner:
     class Missing(Exception):
         pass
 
-    def __init__(self, records: Path, work: Path, dry: bool = False, quiet: bool = True):
-        self.records, self.work, self.dry, self.quiet = records, work, dry, quiet
+    def __init__(self, records: Path, work: Path, dry: bool = False, quiet: bool = True, quick: bool = False):
+        self.records, self.work, self.dry, self.quiet, self.quick = records, work, dry, quiet, quick
 
     # -- command lines
 
@@ -88,6 +109,9 @@ class Runner:
             raise Runner.Missing(name)
         import main
 
+        prodigy = argv[0] == PRODIGY
+        if prodigy:
+            argv = argv[1:]
         run_dir = self.work / name
         run_dir.mkdir(parents=True, exist_ok=True)
         real = self.resolve(argv) + [flag.replace("<run>", str(run_dir)) for flag in outputs]
@@ -96,7 +120,10 @@ class Runner:
             if self.quiet:
                 stack.enter_context(contextlib.redirect_stdout(log))
                 stack.enter_context(contextlib.redirect_stderr(log))
-            code = main.main(real)
+            with prodigy_optimizer() if prodigy else contextlib.nullcontext():
+                code = main.main(real)
+        if prodigy:
+            argv = [PRODIGY, *argv]
         record = {"argv": argv, "exit_code": code, "seconds": round(time.perf_counter() - started, 1)}
         if (run_dir / "metrics.csv").exists():
             curve = epoch_top1(run_dir)
@@ -131,6 +158,13 @@ class Runner:
                 "--no_plots", "--seed", str(seed)]
         tag = "" if epochs == case.epochs else f"-epochs{epochs}"
         record = self.run(f"{case.name}/train-lr{lr:.4g}-seed{seed}{tag}", argv, ["--output_dir", "<run>"])
+        return record.get("best_top1", 0.0)
+
+    def train_prodigy(self, case, seed: int = 0) -> float:
+        """The baseline that needs no rate: Prodigy at its defaults (lr 1), the same cosine training."""
+        argv = [PRODIGY, "--lr", "1", *self.common(case, optimizer="adamw"), "--epochs", str(case.epochs),
+                "--scheduler", "cosine", "--no_plots", "--seed", str(seed)]
+        record = self.run(f"{case.name}/prodigy-seed{seed}", argv, ["--output_dir", "<run>"])
         return record.get("best_top1", 0.0)
 
     # -- fine-tuning: the model trained first on other data

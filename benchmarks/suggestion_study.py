@@ -134,6 +134,7 @@ class CaseResult:
     sweep: dict = field(default_factory=dict)
     methods: dict = field(default_factory=dict)
     range: dict = field(default_factory=dict)
+    prodigy: dict = field(default_factory=dict)  # the rate-free baseline's top-1 against the grid's
     cost: dict = field(default_factory=dict)
 
 
@@ -167,6 +168,11 @@ def ground_truth(case: Case, runner: Runner, result: CaseResult) -> None:
             result.horizon[lr] = runner.train(case, lr, 0, epochs=2 * case.epochs)
 
 
+def place_prodigy(top1: float, result: CaseResult) -> dict:
+    return {"top1": top1, "minus_best": round(top1 - result.best_top1, 2),
+            "within_noise": top1 >= result.best_top1 - result.noise}
+
+
 def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
     result = CaseResult(case=asdict(case))
     lrs, losses, record = runner.sweep(case)
@@ -185,6 +191,8 @@ def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
         low, high = answer.get("suggested_range") or (None, None)
         if low:
             result.range = {"low": low, "high": high, "covers_best": low <= result.best_lr <= high}
+    if case.role == "test" and not runner.quick:
+        result.prodigy = place_prodigy(runner.train_prodigy(case), result)
     if verify and case.verify_steps:
         verified, vrecord = runner.verify(case, case.verify_steps)
         result.methods["lr_verify"] = place(verified["suggested_lr"], result.grid, result.noise)
@@ -223,7 +231,7 @@ def table(results: list[CaseResult]) -> str:
         if not rs:
             continue
         lines += [f"\n{role} cases", "| case | best rate (top-1) | noise | plateau | loss drop | confidence | range "
-                  "| auto | rise | minimum | lr_verify |", "|---" * 11 + "|"]
+                  "| auto | rise | minimum | lr_verify | Prodigy |", "|---" * 12 + "|"]
         for r in rs:
             cells = []
             for name in ("auto", "rise", "minimum", "lr_verify"):
@@ -234,7 +242,8 @@ def table(results: list[CaseResult]) -> str:
                    if r.range else "-")
             lines.append(f"| {r.case['name']} | {r.best_lr:.3g} ({r.best_top1:.1f}) | {r.noise:.1f} | "
                          f"{r.plateau[0]:.3g}-{r.plateau[-1]:.3g} | {r.sweep.get('loss_drop', 0):.0%} | "
-                         f"{r.sweep.get('confidence', '-')} | {rng} | " + " | ".join(cells) + " |")
+                         f"{r.sweep.get('confidence', '-')} | {rng} | " + " | ".join(cells) +
+                         (f" | {r.prodigy['top1']:.1f} ({r.prodigy['minus_best']:+.1f}) |" if r.prodigy else " | - |"))
     return "\n".join(lines)
 
 
@@ -293,7 +302,7 @@ def main(argv=None) -> int:
     cases = QUICK_CASES if args.quick else {"all": ALL_CASES, "fit": FIT_CASES, "test": TEST_CASES}[args.set]
     if args.cases:
         cases = [c for c in cases if c.name in args.cases]
-    runner = Runner(Path(args.records), Path(args.work_dir), dry=args.only_records)
+    runner = Runner(Path(args.records), Path(args.work_dir), dry=args.only_records, quick=args.quick)
     results = []
     for case in cases:
         try:
