@@ -14,8 +14,6 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from torch import nn
-
 from errors import UserInputError
 from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, analyse, auto_method, confidence, \
     find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, trusted_readings
@@ -23,9 +21,10 @@ from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
     to_model_input
+from recipes import rate_settings, recipe_lr
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
-from train import build_optimizer
+from train import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 VERIFY_HELDOUT_BATCHES = 8  # held-out images for --lr_verify: this many batches (global)
@@ -156,7 +155,9 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
                                     pretrained=args.use_pretrained, weights_path=args.pretrained_path,
                                     class_names=train_ds.classes),
                        dist, args.sync_bn, args.compile)
-    optimizer = build_optimizer(model, args.optimizer, args.lr_start, args.momentum, args.weight_decay)
+    # The loss and optimizer training will use (label smoothing, MixUp/CutMix, decay split, clipping).
+    criterion = loss_from_args(args, num_classes)
+    optimizer = optimizer_from_args(model, args, args.lr_start)
     say(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "
         f"batch {args.batch_size} x {dist.world_size} process(es) = {global_batch}, {num_iter} steps "
         f"from {args.lr_start:g} to {args.lr_end:g} ({args.lr_step_mode})")
@@ -164,17 +165,19 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 
     started = time.perf_counter()
     with StopOnSignal(abort_on_second=not dist.enabled) as stop:
-        finder = RangeTest(model, optimizer, nn.CrossEntropyLoss(), device,
+        finder = RangeTest(model, optimizer, criterion, device,
                            **amp_options(device, AMP_DTYPES[precision]),
                            input_transform=partial(to_model_input, device=device, channels_last=channels_last),
-                           stop_requested=stop, dist=dist, max_bad_fraction=MAX_BAD_FRACTION)
+                           batch_transform=criterion.mix, stop_requested=stop, dist=dist,
+                           max_bad_fraction=MAX_BAD_FRACTION)
         sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
                              args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
         elapsed = time.perf_counter() - started
         result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
         result.update(train_ds.layout)
         if args.lr_verify and result["success"] and sweep.stop_reason != "interrupted":
-            verify_suggestion(args, dist, result, model, optimizer, train_ds, val_ds, precision, channels_last, stop)
+            verify_suggestion(args, dist, result, model, optimizer, criterion, train_ds, val_ds, precision,
+                              channels_last, stop)
     write_rank_history(sweep, dist)
     if dist.is_main:
         write_results(args, paths, sweep, result)
@@ -185,8 +188,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     return (0, suggested) if result["success"] else (2, None)
 
 
-def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, train_ds, val_ds, precision: str,
-                      channels_last: bool, stop) -> None:
+def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, criterion, train_ds, val_ds,
+                      precision: str, channels_last: bool, stop) -> None:
     """``--lr_verify``: short complete trainings around the suggestion; their best becomes it when
     the trials confirm it or clearly beat it (``lr_verify.judge``)."""
     device = dist.device
@@ -213,7 +216,7 @@ def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, t
         print(f"Verifying: {' then '.join(f'{n} rates x {k} steps' for n, k in plan)} across {low:.2e} to "
               f"{high:.2e}, scored on {len(heldout_ds)} held-out images from {source}", flush=True)
     started = time.perf_counter()
-    rounds, reason = verify_rates(model, optimizer, nn.CrossEntropyLoss(), batches, heldout, center, args.lr_verify,
+    rounds, reason = verify_rates(model, optimizer, criterion, batches, heldout, center, args.lr_verify,
                                   device, low, high, AMP_DTYPES[precision], channels_last, dist, stop)
     result.update(verification_record(rounds, reason, args.lr_verify, source, len(heldout_ds),
                                       time.perf_counter() - started))
@@ -254,6 +257,9 @@ def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, bat
         "lr_iter": num_iter,
         "lr_step_mode": args.lr_step_mode,
         "optimizer": args.optimizer,
+        "recipe": args.recipe,
+        "rate_settings": rate_settings(args),
+        "recipe_lr": recipe_lr(args.recipe, global_batch),
         "steps_run": sweep.steps_run,
         "stop_reason": sweep.stop_reason,
         "stop_step": sweep.stop_step,

@@ -443,17 +443,23 @@ class RangeTest(LRFinder):
     averages each step's loss over the ranks.
 
     Keyword-only: ``input_transform(inputs)`` puts a batch's inputs on the device in the model's
-    form (default: moved as the library moves them); ``stop_requested()`` is asked after every
-    step; ``max_bad_fraction`` stops a ``sweep`` whose loader skipped more unreadable files."""
+    form (default: moved as the library moves them); ``batch_transform(inputs, labels)`` then
+    changes each training batch (not the validation ones) on the device, e.g. MixUp with soft
+    targets; ``stop_requested()`` is asked after every step; ``max_bad_fraction`` stops a ``sweep``
+    whose loader skipped more unreadable files.
+
+    Every parameter group sweeps the same rate (the library sets them all to each step's rate),
+    each keeping its own weight decay."""
 
     def __init__(self, model, optimizer, criterion, device=None, memory_cache=True, cache_dir=None,
                  amp_backend=None, amp_config=None, grad_scaler=None, *, input_transform=None,
-                 stop_requested=lambda: False, dist: Distributed | None = None,
+                 batch_transform=None, stop_requested=lambda: False, dist: Distributed | None = None,
                  max_bad_fraction: float | None = None):
         super().__init__(model, optimizer, criterion, device=device, memory_cache=memory_cache,
                          cache_dir=cache_dir, amp_backend=amp_backend, amp_config=amp_config,
                          grad_scaler=grad_scaler)
         self.input_transform = input_transform
+        self.batch_transform = batch_transform
         self.stop_requested = stop_requested
         self.dist = dist or Distributed(device=torch.device(self.device))
         self.max_bad_fraction = max_bad_fraction
@@ -470,11 +476,16 @@ class RangeTest(LRFinder):
         # in-memory one is swapped for ours first, so no second copy is ever made on the GPU.
         self._state_cacher = CpuStateCacher() if cacher.in_memory else cacher
 
-    def _move_to_device(self, inputs, labels, non_blocking=True):
+    def _to_device(self, inputs, labels, non_blocking=True):
         if self.input_transform is None:
             return super()._move_to_device(inputs, labels, non_blocking)
         _, labels = super()._move_to_device(None, labels, non_blocking)
         return self.input_transform(inputs), labels
+
+    def _move_to_device(self, inputs, labels, non_blocking=True):
+        """The library calls this for training batches only (``_validate`` uses ``_to_device``)."""
+        inputs, labels = self._to_device(inputs, labels, non_blocking)
+        return self.batch_transform(inputs, labels) if self.batch_transform is not None else (inputs, labels)
 
     def _current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -516,7 +527,7 @@ class RangeTest(LRFinder):
         autocast = torch.amp.autocast(**self.amp_config) if self.amp_backend == "torch" else contextlib.nullcontext()
         with torch.no_grad(), autocast:
             for inputs, labels in val_iter:
-                inputs, labels = self._move_to_device(inputs, labels, non_blocking_transfer)
+                inputs, labels = self._to_device(inputs, labels, non_blocking_transfer)
                 total += self.criterion(model(inputs), labels).item() * len(labels)
                 count += len(labels)
         total, count = self.dist.all_reduce_sum([total, count])

@@ -11,6 +11,7 @@ import os
 import sys
 
 from errors import EXIT_USAGE, UserInputError
+from recipes import RECIPES, describe_recipes, resolve_recipe
 
 DATASETS = ("imagenet1k", "cifar100", "digits")
 DEFAULT_INPUT_SIZE = {"imagenet1k": 224, "cifar100": 32, "digits": 32}
@@ -108,6 +109,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=1e-4)
+
+    recipe = parser.add_argument_group("Recipe: loss, decay split, averaging (shared by the finder and training)")
+    recipe.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                        help="preset flag values, applied under the command line (a flag given explicitly wins); "
+                             f"sources in docs/recipes.md. {describe_recipes()}")
+    recipe.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the loss, in [0, 1)")
+    recipe.add_argument("--norm_weight_decay", type=float, default=None,
+                        help="weight decay of normalisation layers' weights and biases (None: --weight_decay)")
+    recipe.add_argument("--bias_weight_decay", type=float, default=None,
+                        help="weight decay of the other layers' biases (None: --weight_decay)")
+    recipe.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    recipe.add_argument("--clip_grad_norm", type=float, default=None, metavar="NORM",
+                        help="clip the global gradient norm to this before every step (None: no clipping)")
+    recipe.add_argument("--mixup_alpha", type=float, default=0.0,
+                        help="MixUp on each training batch with Beta(alpha, alpha) mixing (0: off)")
+    recipe.add_argument("--cutmix_alpha", type=float, default=0.0,
+                        help="CutMix on each training batch (0: off); with --mixup_alpha, one of the two per batch")
+    recipe.add_argument("--model_ema", action="store_true",
+                        help="training: keep an exponential moving average of the weights, evaluated and "
+                             "checkpointed beside the model")
+    recipe.add_argument("--model_ema_decay", type=float, default=0.9999,
+                        help="decay of the average per optimizer step, in (0, 1)")
 
     train = parser.add_argument_group("Training")
     train.add_argument("--batch_size", type=int, default=256, help="images per step (per process under torchrun)")
@@ -218,9 +241,14 @@ def validate_args(args, parser) -> None:
 def parse_args(argv=None, parser=None):
     parser = parser or get_args_parser()
     args = parser.parse_args(argv)
+    given = given_dests(parser, argv)
+    try:
+        resolve_recipe(args, given)
+    except ValueError as exc:
+        parser.error(str(exc))
     validate_args(args, parser)
-    if args.demo:
-        apply_demo(args, given_dests(parser, argv))
+    if args.demo:  # a recipe's values win over the demo's
+        apply_demo(args, given | set(args.recipe_settings))
     if args.input_size is None:
         args.input_size = DEFAULT_INPUT_SIZE[args.dataset]
     return args

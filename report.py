@@ -135,7 +135,8 @@ def _results_text(result: dict) -> str:
                          f"held-out loss {shown}, top-1 {trial['top1']:.1f} %")
     keys = ["confidence", "loss_drop", "edge_lr", "min_loss_lr", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_step", "stop_lr", "steps_run",
             "lr_iter", "lr_finder_epochs", "bad_images", "skipped_steps", "device", "precision",
-            "global_batch_size", "elapsed_s", "images_per_second", "plot_file", "history_file", "log_file"]
+            "global_batch_size", "recipe", "recipe_lr", "elapsed_s", "images_per_second", "plot_file", "history_file",
+            "log_file"]
     lines += [f"{k:<19}: {_fmt(result[k])}" for k in keys if result.get(k) is not None]
     return "\n".join(lines)
 
@@ -164,14 +165,22 @@ def next_steps(result: dict, lr: float) -> list[str]:
     data = result.get("data_dir", "./data")
     # the rate belongs to the optimizer that was swept: name it unless it is the default
     optimizer = f" --optimizer {result['optimizer']}" if result.get("optimizer", "sgd") != "sgd" else ""
+    # a recipe brings its own schedule and length; one-cycle has its own warm-up
+    schedule, onecycle = " --scheduler cosine --epochs 50", " --scheduler onecycle"
+    if result.get("recipe"):
+        optimizer += f" --recipe {result['recipe']}"
+        schedule, onecycle = "", " --scheduler onecycle --warmup_epochs 0"
     steps = [
         f"Use learning rate: {lr:.2e}",
-        f"Train: uv run python main.py --lr {lr:.3g}{optimizer} --scheduler cosine --epochs 50 "
+        f"Train: uv run python main.py --lr {lr:.3g}{optimizer}{schedule} "
         f"--batch_size {result.get('batch_size')} --data_dir {data}",
     ]
     if result.get("onecycle_max_lr"):
-        steps.append(f"Or one-cycle: uv run python main.py --lr {result['onecycle_max_lr']:.3g}{optimizer} "
-                     f"--scheduler onecycle --batch_size {result.get('batch_size')} --data_dir {data}")
+        steps.append(f"Or one-cycle: uv run python main.py --lr {result['onecycle_max_lr']:.3g}{optimizer}{onecycle} "
+                     f"--batch_size {result.get('batch_size')} --data_dir {data}")
+    if result.get("rate_settings"):
+        steps.append("Train with the loss and optimizer flags of the sweep (its JSON's rate_settings): "
+                     "--lr_from with its JSON warns about each one that differs")
     gb = result.get("global_batch_size") or result.get("batch_size")
     steps += [
         f"This LR is for a global batch of {gb}; --lr_from scales it to the batch you train with "

@@ -1,5 +1,6 @@
-"""Training with the found learning rate: optimizer and schedulers (shared with the range
-test), one epoch, evaluation, the fit loop with resumable checkpoints.
+"""Training with the found learning rate: the optimizer (parameter groups, Nesterov, gradient
+clipping), the loss (label smoothing, MixUp/CutMix) and schedulers, all shared with the range
+test; one epoch, evaluation, the weight average (EMA), the fit loop with resumable checkpoints.
 
     uv run python main.py --lr 0.1 --epochs 90 --scheduler cosine --data_dir ./data
     uv run python main.py --lr_from ./outputs/suggested_lr.json --epochs 5 --resume auto
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from checkpoint import config_differences, load_checkpoint, restore_rng_state, resume_path, rng_state, \
@@ -22,24 +25,127 @@ from checkpoint import config_differences, load_checkpoint, restore_rng_state, r
 from errors import UserInputError
 from model_resnet50 import create_model
 from preprocess import EpochSampler, build_datasets, build_loader, to_model_input
+from recipes import rate_settings, setting_differences
 from report import atomic_savefig, atomic_write_json, atomic_write_text
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_model
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
                  "epoch_time_s", "images_per_second"]
+EMA_FIELDS = ["ema_val_loss", "ema_val_top1", "ema_val_top5"]  # with --model_ema
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.9,
-                    weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW; the finder and training share it so the suggested rate transfers."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    # One fused kernel over all parameters instead of a loop of small ops per tensor.
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+               nn.LocalResponseNorm)
+PARAMETER_KINDS = ("weight", "norm", "bias")
+
+
+def split_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Trainable parameters by kind, with their names: ``norm`` every parameter of a normalisation
+    layer (batch-norm gamma and beta), ``bias`` the other layers' biases, ``weight`` the rest."""
+    kinds = {kind: [] for kind in PARAMETER_KINDS}
+    seen = set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            kind = "norm" if isinstance(module, NORM_LAYERS) else "bias" if name == "bias" else "weight"
+            kinds[kind].append((f"{module_name}.{name}" if module_name else name, param))
+    return kinds
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None = None,
+                     bias_weight_decay: float | None = None) -> list[dict]:
+    """Optimizer parameter groups, one per distinct decay (a single group when all three are equal);
+    each lists the ``kinds`` it holds. The ``weight`` kind's group comes first."""
+    decays = {"weight": weight_decay,
+              "norm": weight_decay if norm_weight_decay is None else norm_weight_decay,
+              "bias": weight_decay if bias_weight_decay is None else bias_weight_decay}
+    groups: dict[float, dict] = {}
+    for kind, named in split_parameters(model).items():
+        if named:
+            group = groups.setdefault(decays[kind], {"params": [], "weight_decay": decays[kind], "kinds": []})
+            group["params"] += [param for _, param in named]
+            group["kinds"].append(kind)
+    return list(groups.values())
+
+
+def clip_before_step(max_norm: float):
+    """An optimizer step pre-hook clipping the global gradient norm. As a hook it also clips the
+    steps torch-lr-finder and the --lr_verify trials take. GradScaler unscales the gradients before
+    it calls a (non-fused) optimizer's step, so the hook sees them unscaled."""
+    def hook(optimizer, args, kwargs):
+        grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        nn.utils.clip_grad_norm_(grads, max_norm)
+    return hook
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4, *,
+                    nesterov: bool = False, norm_weight_decay: float | None = None,
+                    bias_weight_decay: float | None = None, clip_grad_norm: float | None = None
+                    ) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``parameter_groups``; the finder and training share it so the
+    suggested rate transfers."""
+    groups = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay)
+    # One fused kernel over all parameters instead of a loop of small ops per tensor; not with
+    # clipping: a fused step unscales fp16 gradients itself, after the clipping hook has run.
+    fused = clip_grad_norm is None and all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    raise ValueError(f"unknown optimizer {name!r}")
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                    fused=fused)
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    if clip_grad_norm is not None:
+        optimizer.register_step_pre_hook(clip_before_step(clip_grad_norm))
+    return optimizer
+
+
+def optimizer_from_args(model: nn.Module, args, lr: float) -> torch.optim.Optimizer:
+    return build_optimizer(model, args.optimizer, lr, args.momentum, args.weight_decay, nesterov=args.nesterov,
+                           norm_weight_decay=args.norm_weight_decay, bias_weight_decay=args.bias_weight_decay,
+                           clip_grad_norm=args.clip_grad_norm)
+
+
+# ------------------------------------------------------------------- loss
+
+
+class TrainingLoss(nn.CrossEntropyLoss):
+    """Cross-entropy with label smoothing, on class indices or on soft targets. ``mix`` (None when
+    both alphas are 0) turns a training batch into mixed images and soft targets: torchvision's
+    MixUp or CutMix, one of the two picked per batch when both are set. Evaluation calls the loss
+    on unmixed batches."""
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0):
+        super().__init__(label_smoothing=label_smoothing)
+        mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + \
+                ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
+        self.mix = v2.RandomChoice(mixes) if len(mixes) > 1 else mixes[0] if mixes else None
+
+
+def loss_from_args(args, num_classes: int) -> TrainingLoss:
+    return TrainingLoss(num_classes, args.label_smoothing, args.mixup_alpha, args.cutmix_alpha)
+
+
+def mix_batch(criterion, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch as the loss trains on it: mixed, with soft targets, when ``criterion`` mixes."""
+    mix = getattr(criterion, "mix", None)
+    return mix(x, y) if mix is not None else (x, y)
+
+
+# ------------------------------------------------------------------- weight average
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """torch.optim.swa_utils' exponential moving average of the weights and buffers (batch-norm
+    statistics too), starting from the model's current weights: after k updates it holds
+    decay^k * w_0 + (1 - decay) * sum_i decay^(k-i) * w_i."""
+    plain = unwrap(model)
+    ema = AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(plain)  # the first update copies: w_0
+    return ema
 
 
 # ------------------------------------------------------------------- schedules
@@ -89,11 +195,13 @@ def new_epoch_totals() -> dict:
 
 
 def train_step(model, images, labels, criterion, optimizer, scaler, device, amp_dtype, channels_last):
-    """One optimizer step on a uint8 batch (autocast, GradScaler); returns (loss, logits, targets)."""
+    """One optimizer step on a uint8 batch (autocast, GradScaler, MixUp/CutMix when the criterion
+    mixes); returns (loss, logits, labels), the labels unmixed."""
     x, y = to_model_input(images, device, channels_last), labels.to(device, non_blocking=True)
+    x, target = mix_batch(criterion, x, y)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(x)
-        loss = criterion(logits, y)
+        loss = criterion(logits, target)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -180,9 +288,11 @@ def scale_lr(lr: float, from_batch: int, to_batch: int, optimizer: str) -> tuple
     return lr * to_batch / from_batch, "linear"
 
 
-def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool) -> tuple[float, dict]:
+def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool,
+                 settings: dict | None = None) -> tuple[float, dict]:
     """The training rate taken from a finder JSON, scaled to this run's global batch unless
-    ``no_scaling``; also what was done, for config.json."""
+    ``no_scaling``; also what was done, for config.json, with a warning per rate-moving setting in
+    which the sweep differs from the training's ``settings`` (recipes.RATE_SETTINGS)."""
     record = read_lr_from(path)
     found, from_batch = float(record["suggested_lr"]), record.get("global_batch_size") or record.get("batch_size")
     if not isinstance(from_batch, int) or from_batch < 1 or no_scaling:
@@ -190,9 +300,13 @@ def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool)
     else:
         lr, rule = scale_lr(found, from_batch, global_batch, optimizer)
     swept_with = record.get("optimizer")
+    # A sweep recorded before the other settings were: only its optimizer can be compared.
+    swept = record.get("rate_settings") or ({"optimizer": swept_with} if swept_with else {})
+    warnings = setting_differences(swept, {**(settings or {}), "optimizer": optimizer})
     return lr, {"file": path, "suggested_lr": found, "suggestion_method": record.get("suggestion_method"),
                 "sweep_global_batch": from_batch, "sweep_optimizer": swept_with, "train_optimizer": optimizer,
-                "train_global_batch": global_batch, "scaling": rule, "lr": lr}
+                "train_global_batch": global_batch, "scaling": rule, "lr": lr, "sweep_recipe": record.get("recipe"),
+                "setting_warnings": warnings}
 
 
 def describe_lr_source(source: dict) -> str:
@@ -205,10 +319,20 @@ def describe_lr_source(source: dict) -> str:
         rule = "linear (SGD)" if source["scaling"] == "linear" else "square root (AdamW)"
         text += (f"; scaled to global batch {source['train_global_batch']} by the {rule} rule: {lr:.3g} "
                  "(--no_lr_scaling keeps the found rate)")
-    if source["sweep_optimizer"] and source["sweep_optimizer"] != source["train_optimizer"]:
-        text += (f"; warning: the sweep used {source['sweep_optimizer']} and training uses "
-                 f"{source['train_optimizer']}, so the rate may not carry over")
-    return text
+    return "\n".join([text, *source.get("setting_warnings", [])])
+
+
+def describe_recipe_settings(args) -> str:
+    """One line: the loss, decay split and averaging the run uses."""
+    recipe = f"recipe {args.recipe}: " if args.recipe else ""
+    mixing = ", ".join(f"{name} alpha {alpha:g}" for name, alpha in (("MixUp", args.mixup_alpha),
+                                                                       ("CutMix", args.cutmix_alpha)) if alpha)
+    return (f"{recipe}label smoothing {args.label_smoothing:g}, weight decay {args.weight_decay:g} "
+            f"(norm layers {args.norm_weight_decay:g}, biases {args.bias_weight_decay:g})"
+            + (", Nesterov" if args.nesterov and args.optimizer == "sgd" else "")
+            + (f", gradient norm clipped at {args.clip_grad_norm:g}" if args.clip_grad_norm else "")
+            + (f", {mixing}" if mixing else "")
+            + (f", weight EMA decay {args.model_ema_decay:g}" if args.model_ema else ""))
 
 
 def resolved_config(args, num_classes: int, precision: str, world_size: int, lr_source: dict | None = None) -> dict:
@@ -222,7 +346,8 @@ def resolved_config(args, num_classes: int, precision: str, world_size: int, lr_
 
 def metrics_csv(history: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = METRIC_FIELDS + [f for f in EMA_FIELDS if history and f in history[0]]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue()
@@ -239,8 +364,10 @@ def plot_training(path: Path, history: list[dict], lr_trace: list[float]) -> Non
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
-        ax_acc.plot(epochs, [h[key] for h in history], "o-", label=label)
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
+                       ("ema_val_top1", "EMA val top-1")):
+        if key in history[0]:
+            ax_acc.plot(epochs, [h[key] for h in history], "o-", label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax_lr.plot(range(len(lr_trace)), lr_trace)
     ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
@@ -258,7 +385,7 @@ def run_training(args, dist: Distributed) -> int:
     lr_source = None
     if args.lr_from:
         args.lr, lr_source = lr_from_json(args.lr_from, args.batch_size * dist.world_size, args.optimizer,
-                                          args.no_lr_scaling)
+                                          args.no_lr_scaling, rate_settings(args))
         if dist.is_main:
             print(describe_lr_source(lr_source), flush=True)
     out = Path(args.output_dir)
@@ -283,8 +410,9 @@ def run_training(args, dist: Distributed) -> int:
                                     pretrained=args.use_pretrained, weights_path=args.pretrained_path,
                                     class_names=train_ds.classes),
                        dist, args.sync_bn, args.compile)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    criterion = loss_from_args(args, num_classes)
+    optimizer = optimizer_from_args(model, args, args.lr)
+    ema = build_ema(model, args.model_ema_decay) if args.model_ema else None
     scheduler = build_scheduler(optimizer, args.scheduler, args.lr, args.epochs, steps_per_epoch,
                                 args.warmup_epochs, args.step_size, args.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -302,6 +430,8 @@ def run_training(args, dist: Distributed) -> int:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         restore_rng_state(saved["rng"])
         state = {k: saved[k] for k in state}
         if not dist.is_main:  # the checkpoint's partial-epoch sums are global: rank 0 carries them
@@ -316,6 +446,7 @@ def run_training(args, dist: Distributed) -> int:
     say(f"Training: {args.dataset}, {len(train_ds)} images in {num_classes} classes, {args.epochs} epochs x "
         f"{steps_per_epoch} steps, batch {args.batch_size} x {dist.world_size} process(es), "
         f"{args.optimizer} lr {args.lr:g}, {args.scheduler} schedule")
+    say(describe_recipe_settings(args))
     say(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
 
     def checkpoint(names: list[str], epoch: int, step_in_epoch: int) -> None:
@@ -329,7 +460,8 @@ def run_training(args, dist: Distributed) -> int:
                 save_checkpoint(out / name, {
                     "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                    "config": config, **state, "epoch_totals": global_totals})
+                    "config": config, **state, "epoch_totals": global_totals,
+                    **({"ema": ema.state_dict()} if ema is not None else {})})
 
     for epoch in range(state["epoch"], args.epochs):
         start = state["step_in_epoch"]
@@ -338,6 +470,8 @@ def run_training(args, dist: Distributed) -> int:
         sampler.set_epoch(epoch, start * args.batch_size)
 
         def on_step(i: int, epoch=epoch, start=start) -> None:
+            if ema is not None:
+                ema.update_parameters(unwrap(model))
             state["lr_trace"].append(optimizer.param_groups[0]["lr"])
             done = start + i + 1
             if args.checkpoint_every and done % args.checkpoint_every == 0 and done < steps_per_epoch:
@@ -348,10 +482,15 @@ def run_training(args, dist: Distributed) -> int:
                                         desc=f"epoch {epoch + 1}/{args.epochs}")
         val_metrics = evaluate(model, val_loader, criterion, device, amp_dtype, channels_last, dist)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_metrics, **val_metrics}
+        if ema is not None:
+            ema_metrics = evaluate(ema.module, val_loader, criterion, device, amp_dtype, channels_last, dist)
+            row.update({f"ema_{k}": v for k, v in ema_metrics.items() if f"ema_{k}" in EMA_FIELDS})
         state["history"].append(row)
         say(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.2f}% | "
             f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% "
-            f"({row['val_images']} images) | {row['images_per_second']} img/s", flush=True)
+            f"({row['val_images']} images) | {row['images_per_second']} img/s"
+            + (f" | EMA val loss {row['ema_val_loss']:.4f} top-1 {row['ema_val_top1']:.2f}%" if ema else ""),
+            flush=True)
         is_best = row["val_top1"] > state["best_top1"]
         if is_best:
             state["best_top1"] = row["val_top1"]

@@ -187,14 +187,15 @@ def test_lr_from_scales_to_the_training_batch_unless_told_not_to(tmp_path):
     assert lr == pytest.approx(0.2)
     assert record == {"file": str(found), "suggested_lr": 0.05, "suggestion_method": "rise", "sweep_global_batch": 32,
                       "sweep_optimizer": "sgd", "train_optimizer": "sgd", "train_global_batch": 128,
-                      "scaling": "linear", "lr": lr}
+                      "scaling": "linear", "lr": lr, "sweep_recipe": None, "setting_warnings": []}
     assert describe_lr_source(record) == (
         f"--lr_from {found}: suggested 0.05 at global batch 32; scaled to global batch 128 by the linear (SGD) "
         "rule: 0.2 (--no_lr_scaling keeps the found rate)")
     kept, record = lr_from_json(str(found), 128, "adamw", no_scaling=True)
     assert kept == 0.05 and record["scaling"] == "none"
-    assert describe_lr_source(record).endswith("training with it as it is (--no_lr_scaling); warning: the sweep "
-                                               "used sgd and training uses adamw, so the rate may not carry over")
+    assert describe_lr_source(record).endswith("training with it as it is (--no_lr_scaling)\nwarning: the sweep "
+                                               "used optimizer sgd and training uses adamw, so the rate may not "
+                                               "carry over")
 
 
 def test_training_from_a_finder_json_records_the_scaling_in_config(tmp_path, capsys):
