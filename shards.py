@@ -262,6 +262,8 @@ class ShardImages(IterableDataset):
 
         read, last = 0, None
         for sample in wds.tarfile_samples([{"url": path}], handler=stop):
+            if failure:  # the part of a sample read before the failure
+                break
             yield sample, shard * SAMPLE_ID_STRIDE + read
             read, last = read + 1, sample.get("__key__")
         expected = self.shards.sizes[shard]
@@ -271,14 +273,17 @@ class ShardImages(IterableDataset):
             print(f"warning: {path}: truncated or unreadable {after}; {why}; the rest of it is skipped",
                   file=sys.stderr, flush=True)
 
-    def _stream(self, shard_ids: list[int], repeat: bool):
-        """The worker's samples: its shards in turn (again and again when ``repeat``)."""
+    def _stream(self, shard_ids: list[int], repeat: bool, rng: random.Random | None):
+        """The worker's samples: its shards in turn (again and again when ``repeat``), each pass
+        through a shuffle buffer of its own when ``rng`` is given (so a pass holds each image once)."""
         while True:
             produced = 0
-            for shard in shard_ids:
-                for item in self._samples(shard):
-                    produced += 1
-                    yield item
+            one_pass = (item for shard in shard_ids for item in self._samples(shard))
+            if rng is not None:
+                one_pass = wds.shuffle(SHUFFLE_BUFFER, SHUFFLE_INITIAL, rng=rng)(one_pass)
+            for item in one_pass:
+                produced += 1
+                yield item
             if not repeat:
                 return
             if produced == 0:
@@ -306,15 +311,18 @@ class ShardImages(IterableDataset):
         if wanted <= 0:
             return
         run_seed = hash((seed, self.epoch, rank, worker)) % 2**32
-        stream = self._stream(parts[worker], repeat=self.train)
-        if self.train and shuffle:
-            stream = wds.shuffle(SHUFFLE_BUFFER, SHUFFLE_INITIAL, rng=random.Random(run_seed))(stream)
-            self.transform.set_random_state(np.random.default_rng(run_seed), random.Random(run_seed))
+        stream = self._stream(parts[worker], self.train, random.Random(run_seed) if self.train and shuffle else None)
+        taken = 0
         for _ in range(skip * per_item):  # a resumed epoch: the samples already trained on, undecoded
             next(stream)
+            taken += 1
         warned: set[int] = set()
         given, bad = 0, -1
         for sample, sample_id in stream:
+            taken += 1
+            if self.train:  # seeded by the place in the stream: a resumed epoch augments alike
+                self.transform.set_random_state(np.random.default_rng((run_seed, taken)),
+                                                random.Random(run_seed * 1_000_003 + taken))
             try:
                 image, label = self._decoded(sample, sample_id)
             except BadImageError as exc:
