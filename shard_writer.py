@@ -25,7 +25,7 @@ from imagenet_labels import label_val_files
 
 PREFIX = "imagenet1k"
 SHARD_SIZE = 1250  # images per shard: 1,281,167 train images make 1,025 shards of ~140 MB
-PLAN_FILE = ".wds_plan.json"  # what a resumed run must match; removed when the job is complete
+PLAN_FILE = ".wds_plan.json"  # what a second run must match (same images, seed and shard size)
 INFO_FILE = "_info.json"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -175,7 +175,6 @@ def write_shards(train: ImageList, val: ImageList, out: Path, seed: int, shard_s
     tmp = out / (INFO_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, out / INFO_FILE)
-    (out / PLAN_FILE).unlink(missing_ok=True)
     return {**shard_counts(out), "train_without_val": sorted(set(classes) - set(val.wnids))}
 
 
