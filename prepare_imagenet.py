@@ -30,8 +30,7 @@ from tqdm import tqdm
 from errors import EXIT_USAGE, UserInputError
 from imagenet_labels import find_labels_file, label_val_files, read_val_labels
 from main import OneLineErrorParser
-from shard_writer import SHARD_SIZE, ImageList, list_class_folders, list_flat_val, list_train_archive, \
-    list_val_archive, write_shards
+from shard_layout import SHARD_SIZE
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -203,8 +202,10 @@ def prepare(source: Path, out: Path, mode: str = "link", val_labels: str | None 
     return count_tree(out)
 
 
-def list_images(source: Path, val_labels: str | None) -> tuple[ImageList, ImageList]:
-    """(train, val) images of any source ``prepare`` reads, for ``--format wds``."""
+def list_images(source: Path, val_labels: str | None):
+    """(train, val) ``shard_writer.ImageList`` of any source ``prepare`` reads, for ``--format wds``."""
+    from shard_writer import list_class_folders, list_flat_val, list_train_archive, list_val_archive
+
     if not source.is_dir():
         raise UserInputError(f"{source}: folder not found; give the folder holding the downloads")
     if (source / TRAIN_TAR).is_file() and (source / VAL_TAR).is_file():
@@ -223,6 +224,8 @@ def list_images(source: Path, val_labels: str | None) -> tuple[ImageList, ImageL
 
 
 def prepare_shards(source: Path, out: Path, val_labels: str | None, seed: int, shard_size: int) -> dict:
+    from shard_writer import write_shards
+
     train, val = list_images(source, val_labels)
     return write_shards(train, val, out, seed, shard_size)
 

@@ -2,13 +2,15 @@
 ``imagenet-1k-wds``): ``imagenet1k-train-0000.tar ...``, ``imagenet1k-validation-00.tar ...``,
 each sample ``<key>.jpg`` + ``<key>.cls`` (class index) + ``<key>.json`` ({"filename", "label"}),
 and ``_info.json`` with the shard sizes, counts and class names. Used by
-``prepare_imagenet.py SOURCE --out DIR --format wds``.
+``prepare_imagenet.py SOURCE --out DIR --format wds``. Written with the standard library's
+``tarfile`` (as webdataset's own TarWriter does), which keeps the training stack out of this step.
 
 Images are listed first (file paths, or byte ranges inside the official tars: no unpacking),
 shuffled with a seed, and written shard by shard; a shard is written under a temporary name and
 renamed when complete, so a second run after a kill writes only the shards still missing.
 """
 
+import io
 import json
 import os
 import re
@@ -17,16 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
 from errors import UserInputError
 from imagenet_labels import label_val_files
+from shard_layout import INFO_FILES, PREFIX, SHARD_SIZE, count_samples, shard_files, shard_name
 
-PREFIX = "imagenet1k"
-SHARD_SIZE = 1250  # images per shard: 1,281,167 train images make 1,025 shards of ~140 MB
 PLAN_FILE = ".wds_plan.json"  # what a second run must match (same images, seed and shard size)
-INFO_FILE = "_info.json"
+INFO_FILE = INFO_FILES[0]
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -105,9 +105,12 @@ def sample_keys(names: list[str]) -> list[str]:
     return [f"{n.split('/', 1)[0]}_{s}" for n, s in zip(names, stems)]
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-    digits = max(4 if split == "train" else 2, len(str(count - 1)))
-    return f"{PREFIX}-{split}-{index:0{digits}d}.tar"
+def add_sample(tar: tarfile.TarFile, key: str, files: dict[str, bytes]) -> None:
+    """One sample as WebDataset stores it: ``<key>.<extension>`` members, one after another."""
+    for extension, content in files.items():
+        info = tarfile.TarInfo(f"{key}.{extension}")
+        info.size, info.mode, info.mtime = len(content), 0o444, 0  # mtime 0: a rerun writes the same bytes
+        tar.addfile(info, io.BytesIO(content))
 
 
 def check_plan(out: Path, plan: dict) -> None:
@@ -138,13 +141,12 @@ def write_split(images: ImageList, split: str, out: Path, classes: dict[str, int
                 final = out / name
                 if not final.is_file():
                     tmp = out / (name + ".partial")
-                    with open(tmp, "wb") as stream:
-                        writer = wds.TarWriter(stream, mtime=0.0)
+                    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
                         for i in order[k * shard_size:(k + 1) * shard_size]:
                             label = classes[images.wnids[i]]
-                            writer.write({"__key__": keys[i], "jpg": images.read(i, handle), "cls": label,
-                                          "json": {"filename": images.names[i], "label": label}})
-                        writer.close()
+                            meta = json.dumps({"filename": images.names[i], "label": label}).encode()
+                            add_sample(tar, keys[i], {"cls": str(label).encode(), "jpg": images.read(i, handle),
+                                                      "json": meta})
                     os.replace(tmp, final)
                 bar.update(sizes[k])
     finally:
@@ -180,8 +182,6 @@ def write_shards(train: ImageList, val: ImageList, out: Path, seed: int, shard_s
 
 def shard_counts(out: Path) -> dict:
     """Counts as ``prepare_imagenet.count_tree`` gives them, read back from the shards' tar headers."""
-    from shards import count_samples, shard_files
-
     info = json.loads((out / INFO_FILE).read_text())
     files = shard_files(out)
     train = sum(count_samples(p) for p in files.get("train", []))

@@ -13,11 +13,8 @@ number of steps per epoch, counted from the shard sizes.
 """
 
 import copy
-import json
 import random
-import re
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +25,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from errors import UserInputError
 from preprocess import BadImageError, decode_rgb_bytes
+from shard_layout import SHARD_NAME, count_samples, read_info, shard_files
 
-SHARD_NAME = re.compile(r"(?P<prefix>.+)-(?P<split>train|validation)-(?P<number>\d+)\.tar")
-INFO_FILES = ("_info.json", "info.json")  # the names timm's WebDataset reader looks for
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 SHUFFLE_BUFFER = 1000  # samples per worker, undecoded (~110 KB each for ImageNet's JPEGs)
 SHUFFLE_INITIAL = 200
@@ -50,50 +46,12 @@ class Shards:
         return sum(self.sizes)
 
 
-def shard_files(root: Path) -> dict[str, list[Path]]:
-    """{"train": [...], "validation": [...]}: the shard files of ``root`` by split, in number order."""
-    found: dict[str, list[tuple[int, Path]]] = {}
-    for entry in root.iterdir():
-        match = SHARD_NAME.fullmatch(entry.name)
-        if match and entry.is_file():
-            found.setdefault(match["split"], []).append((int(match["number"]), entry))
-    return {split: [p for _, p in sorted(files)] for split, files in found.items()}
-
-
 def holds_shards(root: Path) -> bool:
     """True when ``root`` holds shards (by their names); an empty ``root`` is an error naming both layouts."""
     if not any(root.iterdir()):
         raise UserInputError(f"--data_dir {root}: the folder is empty; put train/ and val/ class folders there, "
                              "or WebDataset shards named like imagenet1k-train-0000.tar")
     return bool(shard_files(root))
-
-
-def read_info(root: Path) -> dict:
-    """The shards' metadata (``_info.json`` or ``info.json``), or {} when there is none."""
-    for name in INFO_FILES:
-        path = root / name
-        if path.is_file():
-            try:
-                info = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise UserInputError(f"{path}: not readable JSON ({exc}); fix or remove it") from None
-            if not isinstance(info, dict):
-                raise UserInputError(f"{path}: not a JSON object; fix or remove it")
-            return info
-    return {}
-
-
-def count_samples(path: Path) -> int:
-    """Samples in one shard from its tar headers alone (no image is read): distinct keys."""
-    keys = set()
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if member.isfile():
-                    keys.add(member.name.split(".", 1)[0])
-    except (OSError, tarfile.TarError) as exc:
-        raise UserInputError(f"{path}: not a readable tar shard ({exc}); re-download or re-write it") from None
-    return len(keys)
 
 
 def split_shards(files: list[Path], split_info: dict | None) -> Shards:
