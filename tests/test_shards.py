@@ -224,3 +224,17 @@ def test_shard_dataset_without_metadata_counts_samples_from_tar_headers(tree, tm
     train, val = build_datasets("imagenet1k", str(out), 32)
     assert len(train) == 21 and len(val) == 9 and train.classes == [str(k) for k in range(1000)]
     assert isinstance(train, ShardImages) and isinstance(train.shards, Shards)
+
+
+def test_bench_shard_read_writes_both_rates_their_ratio_and_worker_memory(tmp_path):
+    out = tmp_path / "shards.json"
+    proc = run_cli("benchmarks/bench.py", "--shards", "--tiny", "--json", out, "--workdir", tmp_path / "work",
+                   timeout=300, env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 16 and figures["shards"] == 8
+    assert figures["shards_vs_tree"] == pytest.approx(figures["ratio_samples"][0], abs=1e-3)
+    for key in ("shards_img_s", "tree_img_s"):
+        assert figures[key] > 0
+    assert all(figures["worker_private_mb"][k] > 0 and figures["worker_rss_mb"][k] > 0 for k in ("shards", "tree"))
+    assert "shards / tree:" in proc.stdout and "| class-folder tree |" in proc.stdout
