@@ -248,12 +248,15 @@ class ShardImages(IterableDataset):
                 names = ", ".join(Path(self.shards.paths[s]).name for s in shard_ids[:3])
                 raise UserInputError(f"no readable sample in {names}: re-download or re-write the shards")
 
-    def _decoded(self, sample: dict, sample_id: int):
+    def _decoded(self, sample: dict):
         image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         name = f"{Path(sample.get('__url__', '?')).name}:{sample.get('__key__')}"
         if image is None or "cls" not in sample:
             raise BadImageError(f"{name}: no image or no .cls in the sample")
-        label = int(sample["cls"])
+        try:
+            label = int(sample["cls"])
+        except ValueError:
+            raise BadImageError(f"{name}: .cls is not a class number") from None
         if not 0 <= label < len(self.classes):
             raise BadImageError(f"{name}: class {label} outside 0..{len(self.classes) - 1}")
         return decode_rgb_bytes(np.frombuffer(image, dtype=np.uint8), name), label
@@ -282,7 +285,7 @@ class ShardImages(IterableDataset):
                 self.transform.set_random_state(np.random.default_rng((run_seed, taken)),
                                                 random.Random(run_seed * 1_000_003 + taken))
             try:
-                image, label = self._decoded(sample, sample_id)
+                image, label = self._decoded(sample)
             except BadImageError as exc:
                 if bad < 0:
                     bad = sample_id
