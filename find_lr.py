@@ -141,6 +141,9 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples,
                                       args.seed, need_val=args.lr_advanced or verify_on_val,
                                       val_labels=args.val_labels, rescan=args.rescan)
+    if args.lr_verify and train_ds.layout["data_layout"] == "wds_shards":
+        raise UserInputError(f"--lr_verify picks held-out images by index, which shards do not offer; run it on a "
+                             f"class-folder tree (prepare_imagenet.py without --format wds) or drop --lr_verify")
     sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
     train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
     val_loader = None

@@ -11,6 +11,11 @@ with no second copy on disk, or an unpacked tree with a flat ``val/`` (official,
 
 A second run after a kill finishes the job: finished class folders are kept, unfinished ones
 are rebuilt in ``DATA_DIR/.partial/`` and renamed into place only when complete.
+
+``--format wds`` writes WebDataset shards instead (timm's imagenet-1k-wds layout; see
+``shard_writer.py`` and docs/shards.md), from any of these sources or a class-folder tree:
+
+    uv run python prepare_imagenet.py ~/Downloads/imagenet --out ./shards --format wds
 """
 
 import argparse
@@ -25,6 +30,7 @@ from tqdm import tqdm
 from errors import EXIT_USAGE, UserInputError
 from imagenet_labels import find_labels_file, label_val_files, read_val_labels
 from main import OneLineErrorParser
+from shard_layout import SHARD_SIZE
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -45,6 +51,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--symlink", action="store_true", help="unpacked tree: symbolic links (across file systems)")
     how.add_argument("--copy", action="store_true", help="unpacked tree: copy the files")
+    shards = parser.add_argument_group("WebDataset shards")
+    shards.add_argument("--format", choices=("tree", "wds"), default="tree",
+                        help="tree: class folders; wds: tar shards (imagenet1k-train-NNNN.tar ...) with _info.json")
+    shards.add_argument("--seed", type=int, default=0, help="wds: the shuffle of images across shards")
+    shards.add_argument("--shard_size", type=int, default=SHARD_SIZE, help="wds: images per shard")
     return parser
 
 
@@ -191,11 +202,45 @@ def prepare(source: Path, out: Path, mode: str = "link", val_labels: str | None 
     return count_tree(out)
 
 
+def list_images(source: Path, val_labels: str | None):
+    """(train, val) ``shard_writer.ImageList`` of any source ``prepare`` reads, for ``--format wds``."""
+    from shard_writer import list_class_folders, list_flat_val, list_train_archive, list_val_archive
+
+    if not source.is_dir():
+        raise UserInputError(f"{source}: folder not found; give the folder holding the downloads")
+    if (source / TRAIN_TAR).is_file() and (source / VAL_TAR).is_file():
+        labels, where = labels_for(val_labels, source)
+        if labels is None:
+            raise UserInputError(f"{source}: no ILSVRC2012_devkit_t12.tar.gz next to {VAL_TAR}; add it or pass --val_labels")
+        return list_train_archive(source / TRAIN_TAR), list_val_archive(source / VAL_TAR, labels, where)
+    tree = unpacked_tree(source)
+    if tree is None:
+        raise UserInputError(f"{source}: holds neither {TRAIN_TAR} + {VAL_TAR} nor train/ + val/ "
+                             f"(class folders, a flat val/, or Kaggle's {KAGGLE_TREE}/)")
+    if any(e.is_dir() for e in os.scandir(tree / "val")):
+        return list_class_folders(tree / "train"), list_class_folders(tree / "val")
+    labels, where = labels_for(val_labels, tree)
+    return list_class_folders(tree / "train"), list_flat_val(tree / "val", labels, where)
+
+
+def prepare_shards(source: Path, out: Path, val_labels: str | None, seed: int, shard_size: int) -> dict:
+    from shard_writer import write_shards
+
+    train, val = list_images(source, val_labels)
+    return write_shards(train, val, out, seed, shard_size)
+
+
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.shard_size < 1:
+        parser.error(f"--shard_size {args.shard_size} must be at least 1")
     mode = "symlink" if args.symlink else "copy" if args.copy else "link"
     try:
-        counts = prepare(Path(args.source), Path(args.out), mode, args.val_labels)
+        if args.format == "wds":
+            counts = prepare_shards(Path(args.source), Path(args.out), args.val_labels, args.seed, args.shard_size)
+        else:
+            counts = prepare(Path(args.source), Path(args.out), mode, args.val_labels)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

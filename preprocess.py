@@ -55,12 +55,16 @@ def is_truncated_jpeg(data: np.ndarray) -> bool:
 
 def decode_rgb(path: str) -> np.ndarray:
     """An HxWx3 uint8 RGB array from any image file OpenCV reads (grey and CMYK included)."""
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_rgb_bytes(np.fromfile(path, dtype=np.uint8), path)
+
+
+def decode_rgb_bytes(data: np.ndarray, name: str) -> np.ndarray:
+    """``decode_rgb`` on an image file's bytes (a folder's file or a shard's sample); ``name`` is for messages."""
     if is_truncated_jpeg(data):
-        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+        raise BadImageError(f"{name}: truncated JPEG (no end-of-image marker)")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None  # RGB straight from the decoder
     if image is None:
-        raise BadImageError(f"{path}: not a readable image")
+        raise BadImageError(f"{name}: not a readable image")
     return image
 
 
@@ -383,6 +387,11 @@ def build_datasets(dataset: str, data_dir: str, input_size: int, max_samples: in
     if not root.is_dir():
         raise UserInputError(f"--data_dir {data_dir}: folder not found; it must contain train/ and val/")
     train_tf, val_tf = build_train_transform(input_size, seed), build_val_transform(input_size)
+    if dataset != "cifar100":
+        import shards  # WebDataset tar shards, when --data_dir holds them instead of class folders
+
+        if shards.holds_shards(root):
+            return shards.build_shard_datasets(root, train_tf, val_tf, max_samples, need_val)
     if dataset == "cifar100":
         train = _load_cifar100(root, True, train_tf)
         val = _load_cifar100(root, False, val_tf) if need_val else None
@@ -459,6 +468,8 @@ def _seed_worker(worker_id: int) -> None:
 def build_loader(dataset: AugmentedImages, batch_size: int, train: bool, num_workers: int,
                  device: torch.device, seed: int = 0, sampler=None) -> DataLoader:
     """Shuffled, drop_last loader for training; ordered, complete loader for evaluation."""
+    if not isinstance(dataset, AugmentedImages) and hasattr(dataset, "shard_loader"):  # shards.ShardImages
+        return dataset.shard_loader(batch_size, train, default_num_workers(num_workers), device, sampler)
     available = len(sampler) if sampler is not None else len(dataset)
     if train and batch_size > available:
         per_process = " per process" if getattr(sampler, "world_size", 1) > 1 else ""

@@ -11,6 +11,7 @@ interleaved repeats (A B A B ...). Prints a Markdown table; ``--json`` writes ev
     .venv/bin/python benchmarks/bench.py                                  # longer, steadier
     .venv/bin/python benchmarks/bench.py --device cuda                    # batch 256 on a GPU
     .venv/bin/python benchmarks/bench.py --device cuda --compile          # also torch.compile's step, peak GPU memory
+    .venv/bin/python benchmarks/bench.py --shards                         # only: shards vs tree read, workers' memory
 """
 
 import argparse
@@ -386,6 +387,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="only the 1.28 M-file index figures (scale.py; builds the hard-link tree in --workdir)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the training step with the model under torch.compile")
+    parser.add_argument("--shards", action="store_true",
+                        help="only the shard read figure (shard_read.py): images/s from WebDataset shards and "
+                             "from the tree over the same JPEGs, and the workers' memory")
     return parser
 
 
@@ -469,8 +473,29 @@ def run_scale(args) -> int:
     return 0
 
 
+def run_shard_read(args) -> int:
+    from shard_read import measure_shard_read, shard_read_table
+
+    count, size, batch, rounds = (16, 32, 4, 1) if args.tiny else (256, 224, 32, 3) if args.quick else (1024, 224, 32, 3)
+    workers = len(os.sched_getaffinity(0))
+    started = datetime.now().isoformat(timespec="seconds")
+    with tempfile.TemporaryDirectory(prefix="bench-shards-") as scratch:
+        work = Path(args.workdir or scratch)
+        root = write_jpeg_folder(work / "data", count, seed=args.seed)
+        figures = measure_shard_read(root, work, size, batch, workers, rounds, args.seed)
+    figures.update(started=started, cpu=cpu_model(), cpu_cores=len(os.sched_getaffinity(0)))
+    print(f"{started[:10]}, {figures['cpu']}, {figures['cpu_cores']} cores")
+    print(shard_read_table(figures))
+    if args.json:
+        atomic_write_json(args.json, figures)
+        print(f"figures written to {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.shards:
+        return run_shard_read(args)
     return run_scale(args) if args.scale else run_benchmark(args)
 
 

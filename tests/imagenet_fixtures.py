@@ -23,10 +23,10 @@ def jpeg_bytes(seed: int) -> bytes:
     return cv2.imencode(".JPEG", image)[1].tobytes()
 
 
-def write_meta_mat(path: Path) -> None:
+def write_meta_mat(path: Path, ilsvrc_ids: dict[int, str] = ILSVRC_IDS, per_class: int = TRAIN_PER_CLASS) -> None:
     fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
               "num_train_images"]
-    rows = [(i, w, f"class {w}", "", 0, np.zeros((1, 0)), 0, TRAIN_PER_CLASS) for i, w in ILSVRC_IDS.items()]
+    rows = [(i, w, f"class {w}", "", 0, np.zeros((1, 0)), 0, per_class) for i, w in ilsvrc_ids.items()]
     rows.append((1001, "n00001740", "entity", "", 3, np.array([1, 2, 3]), 19, 0))  # not a class: has children
     synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in fields])
     for k, row in enumerate(rows):
