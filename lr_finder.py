@@ -513,14 +513,17 @@ class RangeTest(LRFinder):
 # ------------------------------------------------------------------------- plot
 
 
-def loss_ylim(curve) -> tuple[float, float]:
+def loss_ylim(curve, also_visible=()) -> tuple[float, float]:
     """Y-limits that keep the informative part: a diverging tail is cut at 1.5 times the
-    initial loss (or further when the fall is deep), so it cannot flatten the rest."""
+    initial loss (or further when the fall is deep), so it cannot flatten the rest. The
+    lowest point of ``curve`` and of ``also_visible`` (the raw loss beside its smoothed curve)
+    stays in view."""
     finite = [x for x in curve if math.isfinite(x)]
     if not finite:
         return 0.0, 1.0
     low, high, first = min(finite), max(finite), finite[0]
     top = min(high, max(first + 3 * (first - low), 1.5 * first)) if first > low else high
+    low = min([low] + [x for x in also_visible if math.isfinite(x)])
     margin = 0.05 * (top - low) or 0.05
     return low - margin, top + margin
 
@@ -546,7 +549,7 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
     ax.plot(sweep.lrs, train_smooth, color="tab:blue", lw=1.8, label="training loss (smoothed)")
     if validation:
         ax.plot(sweep.lrs, sweep.losses, color="tab:green", lw=1.8, label="validation loss (smoothed)")
-    ax.set_ylim(*loss_ylim(train_smooth + (sweep.losses if validation else [])))
+    ax.set_ylim(*loss_ylim(train_smooth + (sweep.losses if validation else []), sweep.raw_losses))
     markers = {"valley": ("tab:orange", ":"), "minimum": ("tab:purple", "-."), "steepest": ("tab:brown", ":")}
     for name, lr in suggestions.items():
         if name == chosen:
