@@ -8,9 +8,6 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 import main
 import run_lr_finder
 from conftest import FAST, run_cli
@@ -77,15 +74,6 @@ def test_non_finite_values_are_refused_in_one_line(script, flag):
 def test_zero_negative_and_huge_values_parse_or_are_refused_in_one_line(script, flag):
     accepted = [value for value in EDGES if check(script, flag, value)]
     assert "-1" not in accepted and str(-(10**30)) not in accepted  # no flag of the suite takes a negative
-
-
-@settings(max_examples=300, deadline=None)
-@given(case=st.sampled_from(CASES),
-       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                       st.integers(-(10**40), 10**40).map(str),
-                       st.sampled_from(NON_FINITE + EDGES)))
-def test_any_number_for_any_numeric_flag_parses_or_is_refused_in_one_line(case, value):
-    check(*case, value)
 
 
 def test_bounds_that_argparse_cannot_see_name_their_flag_too():
