@@ -34,7 +34,7 @@ FULL_SET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0], add_help=add_help, allow_abbrev=False,
                                 formatter_class=DefaultsOnceFormatter)
     parser.add_argument("source", metavar="SOURCE",
                         help="folder with the official archives, or an unpacked tree (train/ + flat val/, or Kaggle's)")
