@@ -146,7 +146,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--batch_size", type=int, default=256, help="images per step (per process under torchrun)")
     train.add_argument("--epochs", type=int, default=1,
                        help="training epochs; with --lr_iter epoch, the finder's passes over the data")
-    train.add_argument("--lr", type=finite_float, default=None, help="training learning rate (peak for onecycle); training needs it or --lr_from")
+    train.add_argument("--lr", type=finite_float, default=None,
+                       help="training learning rate (peak for onecycle); training needs it or --lr_from")
     train.add_argument("--lr_from", default=None, metavar="JSON",
                        help="take the learning rate from a suggested_lr.json written by the finder")
     train.add_argument("--no_lr_scaling", action="store_true",
