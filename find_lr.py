@@ -40,6 +40,14 @@ def output_paths(lr_plot: str) -> dict[str, str]:
     }
 
 
+def data_name(dataset: str, data_dir: str) -> str:
+    """What the plot calls the data: the folder's name for an image-folder tree (ImageNet or the
+    user's own), the data set's name otherwise (cifar100; digits, the demo's)."""
+    if dataset != "imagenet1k":
+        return dataset
+    return Path(data_dir).resolve().name or dataset
+
+
 def ensure_writable(folder: str) -> None:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -304,7 +312,7 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
     """History, plot, JSON and log; each written atomically."""
     atomic_write_text(paths["history_file"], history_csv(
         sweep.lrs, sweep.raw_losses, smooth(sweep.raw_losses, args.lr_smooth_f), sweep.val_losses))
-    title = (f"LR range test: {args.dataset}, batch {result['global_batch_size']}, "
+    title = (f"LR range test: {data_name(args.dataset, args.data_dir)}, batch {result['global_batch_size']}, "
              f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
     if sweep.steps_run:
         plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,

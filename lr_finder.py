@@ -465,6 +465,7 @@ class RangeTest(LRFinder):
         self.max_bad_fraction = max_bad_fraction
         self.last_sweep: Sweep | None = None
         self._stop_next = False
+        self._bad_sum, self._bad_files = 0.0, set()
 
     @property
     def state_cacher(self):
@@ -501,12 +502,12 @@ class RangeTest(LRFinder):
         # One all-reduce carries the loss, any rank's stop request and the bad-file counts:
         # the loss is averaged *before* smoothing, so every rank records the same curve and
         # takes every decision below at the same step; no rank is left waiting for another.
-        loss_sum, stops, bad, seen = self.dist.all_reduce_sum(
+        loss_sum, stops, bad_sum, seen = self.dist.all_reduce_sum(
             [local, float(self.stop_requested()), getattr(train_iter, "bad", 0), getattr(train_iter, "seen", 0)])
         loss = loss_sum / self.dist.world_size
         record = self.last_sweep
         record.raw_losses.append(loss)
-        record.bad_images = int(bad)
+        bad = record.bad_images = self._bad_over_ranks(train_iter, bad_sum)
         limit = self.max_bad_fraction
         if limit is not None and bad > limit * max(seen, len(train_iter.dataset)):
             raise UserInputError(
@@ -519,6 +520,15 @@ class RangeTest(LRFinder):
         if stops:
             self._stop_next = True  # this step counts; the sweep ends before the next one
         return loss
+
+    def _bad_over_ranks(self, train_iter, bad_sum: float) -> int:
+        """Unreadable files met by any rank, each counted once even when two ranks met it (the
+        data order changes every pass). The sets are gathered only when a rank's count grew:
+        the sum of the counts is the same on every rank, so all take part or none does."""
+        if bad_sum != self._bad_sum:
+            self._bad_sum = bad_sum
+            self._bad_files = set().union(*self.dist.all_gather(getattr(train_iter, "bad_files", set())))
+        return len(self._bad_files)
 
     def _validate(self, val_iter, non_blocking_transfer=True):
         total, count = 0.0, 0
@@ -543,6 +553,7 @@ class RangeTest(LRFinder):
         far (kept in ``history``), and ``last_sweep`` records how it ended and the raw losses."""
         self.last_sweep = result = Sweep(lrs=[], losses=[], raw_losses=[])
         self._stop_next = False
+        self._bad_sum, self._bad_files = 0.0, set()
         try:
             super().range_test(train_loader, val_loader, start_lr, end_lr, num_iter, step_mode, smooth_f,
                                diverge_th, accumulation_steps, non_blocking_transfer)
@@ -578,14 +589,17 @@ class RangeTest(LRFinder):
 # ------------------------------------------------------------------------- plot
 
 
-def loss_ylim(curve) -> tuple[float, float]:
+def loss_ylim(curve, also_visible=()) -> tuple[float, float]:
     """Y-limits that keep the informative part: a diverging tail is cut at 1.5 times the
-    initial loss (or further when the fall is deep), so it cannot flatten the rest."""
+    initial loss (or further when the fall is deep), so it cannot flatten the rest. The
+    lowest point of ``curve`` and of ``also_visible`` (the raw loss beside its smoothed curve)
+    stays in view."""
     finite = [x for x in curve if math.isfinite(x)]
     if not finite:
         return 0.0, 1.0
     low, high, first = min(finite), max(finite), finite[0]
     top = min(high, max(first + 3 * (first - low), 1.5 * first)) if first > low else high
+    low = min([low] + [x for x in also_visible if math.isfinite(x)])
     margin = 0.05 * (top - low) or 0.05
     return low - margin, top + margin
 
@@ -612,7 +626,7 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
     ax.plot(sweep.lrs, train_smooth, color="tab:blue", lw=1.8, label="training loss (smoothed)")
     if validation:
         ax.plot(sweep.lrs, sweep.losses, color="tab:green", lw=1.8, label="validation loss (smoothed)")
-    ax.set_ylim(*loss_ylim(train_smooth + (sweep.losses if validation else [])))
+    ax.set_ylim(*loss_ylim(train_smooth + (sweep.losses if validation else []), sweep.raw_losses))
     markers = {"valley": ("tab:orange", ":"), "minimum": ("tab:purple", "-."), "steepest": ("tab:brown", ":")}
     for name, lr in suggestions.items():
         if name == chosen:

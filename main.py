@@ -7,6 +7,7 @@
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -19,6 +20,8 @@ STANDARD_CLASSES = {"imagenet1k": 1000, "cifar100": 100, "digits": 10}
 # What --demo changes, unless the flag was given explicitly: small enough for a 2-core CPU.
 # AdamW: in the two minutes a CPU gives the demo, SGD barely moves a from-scratch ResNet-50
 # (the loss falls about 6 %), AdamW gives the fall and the rise of a textbook range test.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024
+MAX_SEED = 2**32 - 1  # numpy's seed range
 DEMO_SETTINGS = {"dataset": "digits", "input_size": 16, "batch_size": 32, "lr_iter": 150,
                  "lr_start": 1e-5, "lr_end": 1.0, "num_workers": 2, "optimizer": "adamw"}
 
@@ -28,6 +31,30 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help text does not already say the default, and says
+    it as the user gets it: "off" for a switch, nothing for a value that is simply absent (None)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return super()._get_help_string(action)
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value: a real number (nan and inf are refused, 1e400 is inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def lr_iter_value(text: str):
@@ -46,7 +73,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         description="Learning-rate range test and training for ResNet-50 v1.5 on ImageNet-1K.",
         add_help=add_help, allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsOnceFormatter)
 
     data = parser.add_argument_group("Data")
     data.add_argument("--data_dir", default="./data",
@@ -56,9 +83,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="imagenet1k: ImageFolder tree; cifar100: cifar-100-python/ inside --data_dir; "
                            "digits: the built-in demo data")
     data.add_argument("--input_size", type=int, default=None,
-                      help="image side in pixels (default: 224 for imagenet1k, 32 for cifar100/digits)")
+                      help=f"image side in pixels, {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} "
+                           "(default: 224 for imagenet1k, 32 for cifar100/digits)")
     data.add_argument("--max_samples", type=int, default=None,
-                      help="use at most this many images (class-balanced, seeded), for quick tests")
+                      help="use at most this many images (class-balanced, seeded), for quick tests (default: all)")
     data.add_argument("--val_labels", default=None, metavar="PATH",
                       help="labels of a flat val/: ILSVRC2012_devkit_t12.tar.gz, its unpacked folder, or Kaggle's "
                            "LOC_val_solution.csv (default: searched in --data_dir and up to 3 folders above, "
@@ -67,14 +95,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="scan the image folders again instead of reusing the cached file index "
                            "(kept while the class folders' names and modification times are unchanged)")
     data.add_argument("--num_workers", type=int, default=4, help="data loading processes (capped at the CPUs available)")
-    data.add_argument("--seed", type=int, default=0, help="seed for the subset, initial weights and data order")
+    data.add_argument("--seed", type=int, default=0,
+                      help=f"seed for the subset, initial weights and data order (0 to {MAX_SEED})")
     data.add_argument("--demo", action="store_true",
                       help="use the built-in handwritten-digits data with CPU-sized settings "
                            "(explicit flags still win)")
 
     model = parser.add_argument_group("Model")
     model.add_argument("--use_pretrained", action="store_true", help="start from Microsoft's ResNet-50 weights")
-    model.add_argument("--pretrained_path", default=None, help="folder or file with those weights")
+    model.add_argument("--pretrained_path", default=None,
+                       help="folder or file with those weights (default: looked up in the Hugging Face and "
+                            "torch hub caches)")
     model.add_argument("--summary", action="store_true", help="print the torchsummary table of the model and exit")
 
     finder = parser.add_argument_group("LR finder")
@@ -82,15 +113,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     finder.add_argument("--lr_advanced", action="store_true",
                         help="also measure the loss on --lr_val_batches fixed val/ batches after every step "
                              "and suggest from that curve (Leslie Smith's method)")
-    finder.add_argument("--lr_start", type=float, default=1e-7, help="first learning rate of the sweep")
-    finder.add_argument("--lr_end", type=float, default=10.0, help="last learning rate of the sweep")
+    finder.add_argument("--lr_start", type=finite_float, default=1e-7, help="first learning rate of the sweep")
+    finder.add_argument("--lr_end", type=finite_float, default=10.0, help="last learning rate of the sweep")
     finder.add_argument("--lr_iter", type=lr_iter_value, default=1000,
                         help="sweep steps, or 'epoch' for one pass over the training data times --epochs")
     finder.add_argument("--lr_plot", default="./lr_finder_plot.png",
                         help="plot path; the log, JSON and history CSV go in the same folder")
     finder.add_argument("--lr_step_mode", default="exp", choices=("exp", "linear"), help="how the rate grows per step")
-    finder.add_argument("--lr_smooth_f", type=float, default=0.05, help="loss smoothing factor in [0, 1)")
-    finder.add_argument("--lr_diverge_th", type=float, default=5.0,
+    finder.add_argument("--lr_smooth_f", type=finite_float, default=0.05, help="loss smoothing factor in [0, 1)")
+    finder.add_argument("--lr_diverge_th", type=finite_float, default=5.0,
                         help="stop when the smoothed loss exceeds this times the best loss")
     finder.add_argument("--lr_suggest", default="auto", choices=("auto", "rise", "steepest", "valley", "minimum"),
                         help="which reading of the curve becomes suggested_lr: auto (default) = rise with SGD, "
@@ -106,9 +137,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     finder.add_argument("--lr_val_batches", type=int, default=2, help="validation batches per step in --lr_advanced")
 
     optim = parser.add_argument_group("Optimizer (shared by the finder and training)")
-    optim.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    optim.add_argument("--weight_decay", type=float, default=1e-4)
+    optim.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                       help="SGD with --momentum, or AdamW")
+    optim.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum, in [0, 1)")
+    optim.add_argument("--weight_decay", type=finite_float, default=1e-4,
+                       help="weight decay (decoupled with AdamW), 0 or more")
 
     recipe = parser.add_argument_group("Recipe: loss, decay split, averaging (shared by the finder and training)")
     recipe.add_argument("--recipe", default=None, choices=tuple(RECIPES),
@@ -136,7 +169,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--batch_size", type=int, default=256, help="images per step (per process under torchrun)")
     train.add_argument("--epochs", type=int, default=1,
                        help="training epochs; with --lr_iter epoch, the finder's passes over the data")
-    train.add_argument("--lr", type=float, default=None, help="training learning rate (peak for onecycle)")
+    train.add_argument("--lr", type=finite_float, default=None,
+                       help="training learning rate (peak for onecycle); training needs it or --lr_from")
     train.add_argument("--lr_from", default=None, metavar="JSON",
                        help="take the learning rate from a suggested_lr.json written by the finder")
     train.add_argument("--no_lr_scaling", action="store_true",
@@ -151,10 +185,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--warmup_epochs", type=int, default=0,
                        help="linear warm-up per iteration over this many epochs (cosine/step/none)")
     train.add_argument("--step_size", type=int, default=30, help="epochs between decays for --scheduler step")
-    train.add_argument("--gamma", type=float, default=0.1, help="decay factor for --scheduler step")
+    train.add_argument("--gamma", type=finite_float, default=0.1, help="decay factor for --scheduler step, in (0, 1]")
     train.add_argument("--output_dir", default="./outputs/train", help="training metrics, plots and checkpoints")
     train.add_argument("--resume", default=None, metavar="auto|PATH",
-                       help="continue from a checkpoint: auto = OUTPUT_DIR/last.pt if present")
+                       help="continue from a checkpoint: auto = OUTPUT_DIR/last.pt if present (default: start fresh)")
     train.add_argument("--checkpoint_every", type=int, default=0, metavar="STEPS",
                        help="also checkpoint every this many steps within an epoch (0: at epoch ends only)")
 
@@ -218,10 +252,18 @@ def validate_args(args, parser) -> None:
         parser.error(f"--val_labels {args.val_labels}: not found")
     if args.num_workers < 0:
         parser.error(f"--num_workers {args.num_workers} must be 0 or more")
-    if args.input_size is not None and args.input_size < 16:
-        parser.error(f"--input_size {args.input_size} is too small; use 16 or more")
+    if args.input_size is not None and not MIN_INPUT_SIZE <= args.input_size <= MAX_INPUT_SIZE:
+        parser.error(f"--input_size {args.input_size}: use {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
     if args.lr is not None and args.lr <= 0:
         parser.error(f"--lr {args.lr:g} must be positive")
+    if not 0 <= args.momentum < 1:
+        parser.error(f"--momentum {args.momentum:g} must be in [0, 1)")
+    if args.weight_decay < 0:
+        parser.error(f"--weight_decay {args.weight_decay:g} must be 0 or more")
+    if not 0 < args.gamma <= 1:
+        parser.error(f"--gamma {args.gamma:g} must be in (0, 1]")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed {args.seed}: use 0 to {MAX_SEED}")
     if args.pretrained_path and not args.use_pretrained:
         parser.error("--pretrained_path is only used with --use_pretrained")
     if args.train and not args.find_lr:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from errors import EXIT_USAGE, UserInputError
 from imagenet_labels import find_labels_file, label_val_files, read_val_labels
-from main import OneLineErrorParser
+from main import DefaultsOnceFormatter, OneLineErrorParser
 from shard_layout import SHARD_SIZE
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -40,8 +40,8 @@ FULL_SET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0], add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0], add_help=add_help, allow_abbrev=False,
+                                formatter_class=DefaultsOnceFormatter)
     parser.add_argument("source", metavar="SOURCE",
                         help="folder with the official archives, or an unpacked tree (train/ + flat val/, or Kaggle's)")
     parser.add_argument("--out", required=True, metavar="DATA_DIR", help="where train/<wnid>/ and val/<wnid>/ go")

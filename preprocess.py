@@ -228,10 +228,63 @@ def index_cache_file(root: Path) -> Path:
     return demo_cache_root() / "index" / f"{root.name}-{key}.npz"
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _link_into(entry: os.DirEntry, real_root: str) -> bool:
+    """A symbolic link whose target lies in the tree being scanned (itself included)."""
+    return entry.is_symlink() and _inside(os.path.realpath(entry.path), real_root)
+
+
+def _link_target(link: str, folder_real: str, resolved: dict[str, str]) -> str:
+    """Where a link to a file points, with the target's folder resolved once per folder: a tree made
+    of links (``prepare_imagenet.py --symlink``) costs a readlink per file, not a realpath."""
+    head, tail = os.path.split(os.path.join(folder_real, os.readlink(link)))
+    if head not in resolved:
+        resolved[head] = os.path.realpath(head)
+    return os.path.join(resolved[head], tail)
+
+
 def class_folder_state(root: Path) -> tuple[list[str], np.ndarray]:
-    """Sorted class folder names and their modification times (ns): what the cache is checked against."""
-    entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(root) if e.is_dir())
+    """Sorted class folder names and their modification times (ns): what the cache is checked against.
+    A link to a folder elsewhere is a class; a link into ``root`` itself is not (its images have
+    their own class folder)."""
+    real_root = os.path.realpath(root)
+    entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(root)
+                     if e.is_dir() and not _link_into(e, real_root))
     return [name for name, _ in entries], np.array([m for _, m in entries], dtype=np.int64)
+
+
+def class_images(root: Path, name: str, visited: set[str]) -> list[str]:
+    """Image paths (relative to ``root``) under class folder ``name``, following links to folders
+    elsewhere once each: a folder already scanned (``visited``, real paths) and any link back into
+    ``root`` (a loop, or another class's images) are skipped with a warning, so each real file is
+    counted once, under its own class."""
+    real_root = os.path.realpath(root)
+    files, stack, target_folders = [], [os.path.join(root, name)], {}
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in visited:
+            print(f"warning: skipping {folder}: a link to {real}, which is already scanned", file=sys.stderr)
+            continue
+        visited.add(real)
+        prefix = os.path.relpath(folder, root) + os.sep  # once per folder: relpath is slow
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if _link_into(entry, real_root):
+                        print(f"warning: skipping {entry.path}: a link into {root} (its images count in their "
+                              f"own class folder)", file=sys.stderr)
+                    else:
+                        stack.append(entry.path)
+                elif _is_image(entry.name):
+                    if entry.is_symlink() and _inside(_link_target(entry.path, real, target_folders), real_root):
+                        continue  # a link to an image of the tree: counted where it lies
+                    files.append(prefix + entry.name)
+    files.sort()
+    return files
 
 
 def load_cached_index(cache: Path, root: Path, classes: list[str], mtimes: np.ndarray):
@@ -269,13 +322,9 @@ def scan_image_folder(root: Path, rescan: bool = False) -> tuple[list[str], Path
     cached = None if rescan else load_cached_index(cache, root, classes, mtimes)
     if cached is not None:
         return classes, *cached
-    relative, counts, empty = [], [], []
+    relative, counts, empty, visited = [], [], [], set()
     for name in classes:
-        files = []
-        for dirpath, _, names in os.walk(root / name, followlinks=True):
-            prefix = os.path.relpath(dirpath, root) + os.sep  # once per folder: relpath is slow
-            files.extend(prefix + f for f in names if _is_image(f))
-        files.sort()
+        files = class_images(root, name, visited)
         if not files:
             empty.append(name)
         relative.extend(files)

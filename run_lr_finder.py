@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from errors import EXIT_USAGE
-from main import DEMO_SETTINGS, OneLineErrorParser, get_args_parser, given_dests, validate_args
+from main import DEMO_SETTINGS, DefaultsOnceFormatter, OneLineErrorParser, get_args_parser, given_dests, validate_args
 from report import atomic_write_json, atomic_write_text, render_log
 
 MAIN = str(Path(__file__).resolve().with_name("main.py"))
@@ -33,7 +33,7 @@ def get_runner_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         parents=[get_args_parser(add_help=False)], conflict_handler="resolve", allow_abbrev=False,
         description="Run the LR range test (main.py --find_lr) and record its full log and JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsOnceFormatter)
     parser.add_argument("--output_dir", default="./outputs",
                         help="folder for lr_finder_<dataset>.png, lr_finder_log.txt and suggested_lr.json")
     parser.set_defaults(find_lr=True)
@@ -123,11 +123,17 @@ def logged_config(result: dict, args: argparse.Namespace) -> dict:
                       "these are the flags as the runner parsed them", **dict(sorted(vars(args).items()))}
 
 
-def main(argv=None) -> int:
+def parse_runner_args(argv=None) -> tuple[argparse.Namespace, set[str]]:
+    """The runner's flags, checked as main.py checks them (one line and exit 2 if wrong), and
+    the destinations the command line set."""
     parser = get_runner_parser()
     args = parser.parse_args(argv)
     validate_args(args, parser)
-    given = given_dests(parser, argv)
+    return args, given_dests(parser, argv)
+
+
+def main(argv=None) -> int:
+    args, given = parse_runner_args(argv)
     dataset = DEMO_SETTINGS["dataset"] if args.demo and "dataset" not in given else args.dataset
     out = Path(args.output_dir)
     try:

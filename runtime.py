@@ -96,6 +96,14 @@ class Distributed:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return float(t.item())
 
+    def all_gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order (``[obj]`` when alone)."""
+        if not self.enabled:
+            return [obj]
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank."""
         if not self.enabled:

@@ -60,3 +60,30 @@ def test_a_failing_rank_fails_the_job_instead_of_hanging(tmp_path):
                     timeout=180)
     assert proc.returncode != 0
     assert f"error: --data_dir {tmp_path / 'missing'}: folder not found" in proc.stderr
+
+
+def test_an_unreadable_file_met_by_both_ranks_counts_once(tmp_path):
+    """120 images and one text file named .JPEG; the data order changes every pass, and the seed is
+    one whose first two passes give the bad file to each rank in turn: both ranks meet it (each
+    warns once), and the JSON counts 1 unreadable file, not 2."""
+    from conftest import make_image_folder
+    from preprocess import EpochSampler
+
+    data = make_image_folder(tmp_path / "data", per_class=40, val_per_class=0, size=16)
+    (data / "train" / "cat" / "cat_zz_text.JPEG").write_text("not an image")  # position 40 of 121
+
+    def rank_of_bad_file(seed, epoch):
+        for rank in (0, 1):
+            sampler = EpochSampler(121, seed, True, rank, 2)
+            sampler.set_epoch(epoch)
+            if 40 in [position for position, _ in sampler]:
+                return rank
+
+    seed = next(s for s in range(100) if {rank_of_bad_file(s, 0), rank_of_bad_file(s, 1)} == {0, 1})
+    out = tmp_path / "out"
+    # batch 15: each rank's 60 images are 4 whole batches, so 8 steps are exactly passes 0 and 1
+    proc = torchrun("--find_lr", "--data_dir", data, "--lr_plot", out / "p.png", *SMALL, "--input_size", "16",
+                    "--batch_size", "15", "--lr_iter", "8", "--lr_end", "1", "--seed", seed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("cat_zz_text.JPEG: not a readable image") == 2  # one warning per rank
+    assert json.loads((out / "suggested_lr.json").read_text())["bad_images"] == 1

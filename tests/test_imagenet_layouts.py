@@ -140,6 +140,36 @@ def test_file_index_is_cached_until_a_class_folder_changes(tmp_path):
     assert len(scan_image_folder(root / "train", rescan=True)[1]) == 6
 
 
+def test_links_in_class_folders_count_each_real_image_once_without_looping(tmp_path, capsys):
+    """24 images in 3 classes, and links: back to train/ (a loop), to another class folder, to another
+    class's image, at the top of train/ to a class; and to a folder outside train/ (3 images) that
+    links back to itself and is linked twice. Each real image once, under its own class; the
+    outside folder's images count (once) for the class that links to it."""
+    root = make_image_folder(tmp_path / "data", per_class=8, val_per_class=0, size=16)
+    train = root / "train"
+    outside = make_image_folder(tmp_path / "more", classes=("extra",), per_class=3, val_per_class=0, size=16)
+    extra = outside / "train" / "extra"
+    os.symlink(train, train / "cat" / "loop")  # absolute
+    os.symlink("..", train / "cat" / "up")  # relative: cat/up is train/
+    os.symlink(train / "fox", train / "dog" / "foxes")
+    os.symlink("../cat/cat_000.JPEG", train / "fox" / "a_cat.JPEG")
+    os.symlink(train / "cat", train / "alias")
+    os.symlink(extra, train / "cat" / "more")
+    os.symlink(extra, train / "dog" / "more_again")
+    os.symlink(extra, extra / "back")
+    classes, paths, labels = scan_image_folder(train, rescan=True)
+    assert classes == ["cat", "dog", "fox"]
+    found = [(os.path.basename(paths[i]), classes[labels[i]]) for i in range(len(paths))]
+    assert len(found) == 24 + 3 and len(set(found)) == 27
+    assert sorted(name for name, cls in found if cls == "cat") == sorted(
+        [f"cat_{i:03d}.JPEG" for i in range(8)] + [f"extra_{i:03d}.JPEG" for i in range(3)])
+    assert all(name.startswith(cls) for name, cls in found if not name.startswith("extra"))
+    err = capsys.readouterr().err
+    assert f"skipping {train / 'cat' / 'loop'}: a link into {train}" in err
+    assert f"skipping {train / 'dog' / 'foxes'}: a link into {train}" in err
+    assert f"skipping {train / 'dog' / 'more_again'}: a link to {extra}, which is already scanned" in err
+
+
 def test_index_cache_goes_to_the_user_cache_when_the_data_is_read_only(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "data", per_class=1, val_per_class=1)
     monkeypatch.setenv("LR_FINDER_CACHE", str(tmp_path / "cache"))
