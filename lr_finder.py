@@ -635,7 +635,7 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
             color, style = markers.get(name, ("0.4", ":"))
             ax.axvline(lr, color=color, ls=style, lw=1.0, label=f"{name}: {lr:.2e}")
     if shade:
-        ax.axvspan(*shade, color="tab:red", alpha=0.07, label=f"suggested range: {shade[0]:.2e} to {shade[1]:.2e}")
+        ax.axvspan(*shade, color="tab:green", alpha=0.1, label=f"suggested range: {shade[0]:.2e} to {shade[1]:.2e}")
     if sweep.stop_reason in ("diverged", "non_finite_loss") and sweep.stop_lr:
         ax.axvspan(sweep.stop_lr, max(sweep.lrs[-1], sweep.stop_lr) * 1.5, color="red", alpha=0.08,
                    label=f"{sweep.stop_reason.replace('_', ' ')} from {sweep.stop_lr:.2e}")

@@ -147,22 +147,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     recipe.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                         help="preset flag values, applied under the command line (a flag given explicitly wins); "
                              f"sources in docs/recipes.md. {describe_recipes()}")
-    recipe.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the loss, in [0, 1)")
-    recipe.add_argument("--norm_weight_decay", type=float, default=None,
+    recipe.add_argument("--label_smoothing", type=finite_float, default=0.0, help="label smoothing of the loss, in [0, 1)")
+    recipe.add_argument("--norm_weight_decay", type=finite_float, default=None,
                         help="weight decay of normalisation layers' weights and biases (None: --weight_decay)")
-    recipe.add_argument("--bias_weight_decay", type=float, default=None,
+    recipe.add_argument("--bias_weight_decay", type=finite_float, default=None,
                         help="weight decay of the other layers' biases (None: --weight_decay)")
     recipe.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    recipe.add_argument("--clip_grad_norm", type=float, default=None, metavar="NORM",
+    recipe.add_argument("--clip_grad_norm", type=finite_float, default=None, metavar="NORM",
                         help="clip the global gradient norm to this before every step (None: no clipping)")
-    recipe.add_argument("--mixup_alpha", type=float, default=0.0,
+    recipe.add_argument("--mixup_alpha", type=finite_float, default=0.0,
                         help="MixUp on each training batch with Beta(alpha, alpha) mixing (0: off)")
-    recipe.add_argument("--cutmix_alpha", type=float, default=0.0,
+    recipe.add_argument("--cutmix_alpha", type=finite_float, default=0.0,
                         help="CutMix on each training batch (0: off); with --mixup_alpha, one of the two per batch")
     recipe.add_argument("--model_ema", action="store_true",
                         help="training: keep an exponential moving average of the weights, evaluated and "
                              "checkpointed beside the model")
-    recipe.add_argument("--model_ema_decay", type=float, default=0.9999,
+    recipe.add_argument("--model_ema_decay", type=finite_float, default=0.9999,
                         help="decay of the average per optimizer step, in (0, 1)")
 
     train = parser.add_argument_group("Training")

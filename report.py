@@ -154,7 +154,7 @@ def _analysis_text(result: dict) -> str:
         low, high = result["suggested_range"]
         lines += ["", f"The suggested range, {low:.2e} to {high:.2e}, is where the best rate of a full training "
                       "is expected to lie around this answer: how far the best rate lay from the answer on the "
-                      "study's cases (see docs/suggestion.md for how often it held). --lr_verify N tries the "
+                      "cases the rule was fitted to (docs/suggestion_study.md says how often it held on others). --lr_verify N tries the "
                       "rates across it with short trainings."]
     lines += ["", "Recommended next steps:"]
     lines += [f"{i}. {step}" for i, step in enumerate(next_steps(result, lr), 1)]

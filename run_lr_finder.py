@@ -22,6 +22,7 @@ from pathlib import Path
 
 from errors import EXIT_USAGE
 from main import DEMO_SETTINGS, DefaultsOnceFormatter, OneLineErrorParser, get_args_parser, given_dests, validate_args
+from recipes import check_values
 from report import atomic_write_json, atomic_write_text, render_log
 
 MAIN = str(Path(__file__).resolve().with_name("main.py"))
@@ -128,6 +129,10 @@ def parse_runner_args(argv=None) -> tuple[argparse.Namespace, set[str]]:
     the destinations the command line set."""
     parser = get_runner_parser()
     args = parser.parse_args(argv)
+    try:
+        check_values(args)  # the recipe flags' ranges, as main.py checks them
+    except ValueError as exc:
+        parser.error(str(exc))
     validate_args(args, parser)
     return args, given_dests(parser, argv)
 
