@@ -21,7 +21,6 @@ matches its command line is not run again.
 """
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -35,8 +34,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from study_cases import ALL_CASES, FIT_CASES, QUICK_CASES, TEST_CASES, Case, Pretrain  # noqa: E402
-from study_runs import Runner, data_dir  # noqa: E402
+from study_cases import ALL_CASES, FIT_CASES, QUICK_CASES, TEST_CASES, Case  # noqa: E402
+from study_runs import Runner  # noqa: E402
 
 SMOOTH_F = 0.05  # main.py's default --lr_smooth_f
 COARSE_STEP = 4.0
