@@ -43,6 +43,7 @@ FINE_STEP = 2.0
 MAX_EXTENSIONS = 3
 NOISE_SEEDS = (1, 2)
 COLLAPSE_SHARE = 0.5  # a top-1 under half the best is a collapsed training
+VERIFY_BUDGET = 2.5  # the second --lr_verify run may cost this many sweeps (the default's bar)
 
 
 # ------------------------------------------------------------------- the measures (pure)
@@ -94,6 +95,15 @@ def next_grid_rate(grid: dict[float, float]) -> float | None:
         if abs(math.log(nearest / best)) > math.log(FINE_STEP) * 1.01:
             return best * FINE_STEP ** side
     return None
+
+
+def budget_steps(candidates: int, sweep_steps: int, budget: float = VERIFY_BUDGET) -> int:
+    """The largest first-round N whose successive halving over ``candidates`` rates costs at most
+    ``budget`` times the sweep's steps (at least 1)."""
+    from lr_verify import halving_rounds
+
+    per_n = sum(trials * steps for trials, steps in halving_rounds(candidates, 1))
+    return max(1, math.floor(budget * sweep_steps / per_n))
 
 
 def log_ratio_stats(values: list[float]) -> dict:
@@ -193,11 +203,25 @@ def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
     if case.role == "test" and not runner.quick:
         result.prodigy = place_prodigy(runner.train_prodigy(case), result)
     if verify and case.verify_steps:
-        verified, vrecord = runner.verify(case, case.verify_steps)
-        result.methods["lr_verify"] = place(verified["suggested_lr"], result.grid, result.noise)
-        result.cost.update(verify_steps=verified.get("verify_total_steps"),
-                           verify_outcome=verified.get("verify_outcome"), verify_seconds=vrecord["seconds"])
+        place_verify(case, runner, result, "lr_verify", case.verify_steps)
+        if case.role == "test" and not runner.quick and result.range:
+            from lr_verify import candidate_rates
+
+            count = len(candidate_rates(answer["suggested_lr"], result.range["low"], result.range["high"]))
+            steps = budget_steps(count, len(lrs))
+            if steps != case.verify_steps:
+                place_verify(case, runner, result, "lr_verify_budget", steps)
     return result
+
+
+def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, steps: int) -> None:
+    """``--lr_verify steps`` placed on the curve, with its cost in steps and in sweeps."""
+    verified, record = runner.verify(case, steps)
+    result.methods[method] = place(verified["suggested_lr"], result.grid, result.noise)
+    total = verified.get("verify_total_steps") or 0
+    result.cost[method] = {"first_round_steps": steps, "steps": total,
+                           "sweeps": round(total / result.cost["sweep_steps"], 2),
+                           "outcome": verified.get("verify_outcome"), "seconds": record["seconds"]}
 
 
 # ------------------------------------------------------------------- output
@@ -214,13 +238,41 @@ def summary(results: list[CaseResult]) -> dict:
             "cases": len(rs),
             "methods": {m: {**log_ratio_stats([-r.methods[m]["log10_ratio"] for r in rs if m in r.methods]),
                             "in_plateau": sum(r.methods[m]["in_plateau"] for r in rs if m in r.methods),
-                            "collapsed": sum(r.methods[m]["collapsed"] for r in rs if m in r.methods)}
+                            "collapsed": sum(r.methods[m]["collapsed"] for r in rs if m in r.methods),
+                            **mean_cost(rs, m)}
                         for m in methods},
             "range_covers_best": sum(bool(r.range.get("covers_best")) for r in rs),
             "calibration": calibration([(r.sweep.get("confidence"), r.methods["auto"]["in_plateau"])
                                         for r in rs if "auto" in r.methods]),
         }
     return out
+
+
+def mean_cost(results: list[CaseResult], method: str) -> dict:
+    """A verification's mean extra cost in sweeps (empty for a reading of the curve, which costs none)."""
+    costs = [r.cost[method]["sweeps"] for r in results if method in r.cost]
+    return {"sweeps": round(sum(costs) / len(costs), 2)} if costs else {}
+
+
+def summary_markdown(report: dict) -> str:
+    """The summary as tables: per method, log10(best / reading) and the landings; then the range's
+    coverage and the calibration per confidence level. Fit and test apart."""
+    lines = []
+    for role, part in report.items():
+        if not part["cases"]:
+            continue
+        lines += [f"\n{role} cases ({part['cases']}): log10(best / reading), over the cases",
+                  "| method | n | mean | sd | worst | in plateau | collapsed | extra cost (sweeps) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in part["methods"].items():
+            lines.append(f"| {name} | {m['n']} | {m['mean']:+.2f} | {m['sd']:.2f} | {m['worst']:+.2f} | "
+                         f"{m['in_plateau']} of {m['n']} | {m['collapsed']} | {m.get('sweeps', 0):.2f} |")
+        lines += [f"\nsuggested_range covers the best rate on {part['range_covers_best']} of {part['cases']}",
+                  "| confidence | cases | default in plateau | share |", "|---|---|---|---|"]
+        for level, c in part["calibration"].items():
+            share = "-" if c["share"] is None else f"{c['share']:.0%}"
+            lines.append(f"| {level} | {c['cases']} | {c['in_plateau']} | {share} |")
+    return "\n".join(lines)
 
 
 def table(results: list[CaseResult]) -> str:
@@ -230,10 +282,10 @@ def table(results: list[CaseResult]) -> str:
         if not rs:
             continue
         lines += [f"\n{role} cases", "| case | best rate (top-1) | noise | plateau | loss drop | confidence | range "
-                  "| auto | rise | minimum | lr_verify | Prodigy |", "|---" * 12 + "|"]
+                  "| auto | rise | steepest | minimum | lr_verify | lr_verify_budget | Prodigy |", "|---" * 14 + "|"]
         for r in rs:
             cells = []
-            for name in ("auto", "rise", "minimum", "lr_verify"):
+            for name in ("auto", "rise", "steepest", "minimum", "lr_verify", "lr_verify_budget"):
                 m = r.methods.get(name)
                 cells.append(f"{m['lr']:.3g} {'in' if m['in_plateau'] else 'out'}"
                              f"{' COLLAPSED' if m['collapsed'] else ''}" if m else "-")
@@ -266,7 +318,8 @@ def plot(results: list[CaseResult], path: Path) -> None:
         if r.range:
             ax.axvspan(r.range["low"], r.range["high"], ymin=0, ymax=0.06, color="tab:blue", alpha=0.6,
                        label="suggested range")
-        for name, colour in (("auto", "tab:red"), ("lr_verify", "tab:purple")):
+        for name, colour in (("auto", "tab:red"), ("lr_verify", "tab:purple"),
+                               ("lr_verify_budget", "tab:orange")):
             if name in r.methods:
                 ax.axvline(r.methods[name]["lr"], color=colour, ls="--", lw=1.3,
                            label=f"{name} {r.methods[name]['lr']:.2g}")
@@ -308,10 +361,12 @@ def main(argv=None) -> int:
             results.append(run_case(case, runner, verify=not args.no_verify))
         except Runner.Missing as missing:
             print(f"[{case.name}] left out: no record of {missing}", flush=True)
+    report = summary(results)
     print(table(results))
+    print(summary_markdown(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "summary": summary(results),
+        Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "summary": report,
                                                "cases": [asdict(r) for r in results]}, indent=1))
     if args.plot and results:
         plot(results, Path(args.plot))

@@ -54,6 +54,28 @@ def test_distribution_and_calibration_tables():
     assert table["medium"]["share"] == 0.0 and table["low"]["share"] == 0.5
 
 
+def test_the_budget_verification_costs_at_most_its_share_of_the_sweep():
+    # 4 candidates: 4 x N, then 2 x 2N = 8N steps; 2.5 sweeps of 100 steps allow N = 31 (248 steps)
+    assert study.budget_steps(4, 100) == 31
+    # 6 candidates: 6N + 3 x 2N + 2 x 4N = 20N; 250 / 20 = 12.5
+    assert study.budget_steps(6, 100) == 12
+    assert study.budget_steps(6, 150, budget=1.0) == 7 and study.budget_steps(8, 2) == 1
+
+
+def test_summary_tables_in_markdown():
+    report = {"fit": {"cases": 0}, "test": {
+        "cases": 2, "range_covers_best": 1,
+        "methods": {"auto": {"n": 2, "mean": -0.67, "sd": 0.18, "worst": -0.85, "in_plateau": 1, "collapsed": 0},
+                    "lr_verify": {"n": 2, "mean": -0.5, "sd": 0.1, "worst": -0.6, "in_plateau": 0, "collapsed": 0,
+                                  "sweeps": 0.83}},
+        "calibration": study.calibration([("medium", True), ("medium", False)])}}
+    text = study.summary_markdown(report)
+    assert "| auto | 2 | -0.67 | 0.18 | -0.85 | 1 of 2 | 0 | 0.00 |" in text
+    assert "| lr_verify | 2 | -0.50 | 0.10 | -0.60 | 0 of 2 | 0 | 0.83 |" in text
+    assert "covers the best rate on 1 of 2" in text and "| medium | 2 | 1 | 50% |" in text
+    assert "| high | 0 | 0 | - |" in text and "fit cases" not in text
+
+
 def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
     fit = {c.name for c in study_cases.FIT_CASES}
     test = study_cases.TEST_CASES
@@ -79,7 +101,9 @@ def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, cap
         assert set(method) == {"lr", "log10_ratio", "top1", "gap", "extrapolated", "in_plateau", "collapsed"}
     assert {"confidence", "loss_drop", "suggested_range", "history"} <= set(case["sweep"])
     assert set(case["range"]) == {"low", "high", "covers_best"}
-    assert case["cost"]["sweep_steps"] == 20 and case["cost"]["verify_steps"] >= 2
+    verify = case["cost"]["lr_verify"]
+    assert case["cost"]["sweep_steps"] == 20 and verify["first_round_steps"] == 2 and verify["steps"] >= 2
+    assert verify["sweeps"] == pytest.approx(verify["steps"] / 20, abs=0.01)
     assert report["summary"]["fit"]["cases"] == 1 and "auto" in report["summary"]["fit"]["methods"]
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert "| quick-digits-16px-b16 |" in capsys.readouterr().out
