@@ -239,6 +239,7 @@ def summary(results: list[CaseResult]) -> dict:
             "methods": {m: {**log_ratio_stats([-r.methods[m]["log10_ratio"] for r in rs if m in r.methods]),
                             "in_plateau": sum(r.methods[m]["in_plateau"] for r in rs if m in r.methods),
                             "collapsed": sum(r.methods[m]["collapsed"] for r in rs if m in r.methods),
+                            **gap_stats([(r.methods[m]["gap"], r.noise) for r in rs if m in r.methods]),
                             **mean_cost(rs, m)}
                         for m in methods},
             "range_covers_best": sum(bool(r.range.get("covers_best")) for r in rs),
@@ -246,6 +247,15 @@ def summary(results: list[CaseResult]) -> dict:
                                         for r in rs if "auto" in r.methods]),
         }
     return out
+
+
+def gap_stats(rows: list[tuple[float, float]]) -> dict:
+    """From (top-1 points lost against the best rate, that case's seed noise): the median loss and
+    the cases that lost no more than their noise."""
+    if not rows:
+        return {}
+    return {"median_gap": round(float(np.median([gap for gap, _ in rows])), 2),
+            "within_noise": sum(gap <= noise for gap, noise in rows)}
 
 
 def mean_cost(results: list[CaseResult], method: str) -> dict:
@@ -262,11 +272,12 @@ def summary_markdown(report: dict) -> str:
         if not part["cases"]:
             continue
         lines += [f"\n{role} cases ({part['cases']}): log10(best / reading), over the cases",
-                  "| method | n | mean | sd | worst | in plateau | collapsed | extra cost (sweeps) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | n | mean | sd | worst | in plateau | top-1 lost (median) | lost within the noise "
+                  "| collapsed | extra cost (sweeps) |", "|---" * 10 + "|"]
         for name, m in part["methods"].items():
             lines.append(f"| {name} | {m['n']} | {m['mean']:+.2f} | {m['sd']:.2f} | {m['worst']:+.2f} | "
-                         f"{m['in_plateau']} of {m['n']} | {m['collapsed']} | {m.get('sweeps', 0):.2f} |")
+                         f"{m['in_plateau']} of {m['n']} | {m['median_gap']:.1f} | {m['within_noise']} of {m['n']} | "
+                         f"{m['collapsed']} | {m.get('sweeps', 0):.2f} |")
         lines += [f"\nsuggested_range covers the best rate on {part['range_covers_best']} of {part['cases']}",
                   "| confidence | cases | default in plateau | share |", "|---|---|---|---|"]
         for level, c in part["calibration"].items():

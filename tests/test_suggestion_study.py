@@ -65,13 +65,16 @@ def test_the_budget_verification_costs_at_most_its_share_of_the_sweep():
 def test_summary_tables_in_markdown():
     report = {"fit": {"cases": 0}, "test": {
         "cases": 2, "range_covers_best": 1,
-        "methods": {"auto": {"n": 2, "mean": -0.67, "sd": 0.18, "worst": -0.85, "in_plateau": 1, "collapsed": 0},
+        "methods": {"auto": {"n": 2, "mean": -0.67, "sd": 0.18, "worst": -0.85, "in_plateau": 1, "collapsed": 0,
+                             **study.gap_stats([(3.1, 0.6), (5.1, 5.0)])},
                     "lr_verify": {"n": 2, "mean": -0.5, "sd": 0.1, "worst": -0.6, "in_plateau": 0, "collapsed": 0,
-                                  "sweeps": 0.83}},
+                                  "median_gap": 0.4, "within_noise": 2, "sweeps": 0.83}},
         "calibration": study.calibration([("medium", True), ("medium", False)])}}
     text = study.summary_markdown(report)
-    assert "| auto | 2 | -0.67 | 0.18 | -0.85 | 1 of 2 | 0 | 0.00 |" in text
-    assert "| lr_verify | 2 | -0.50 | 0.10 | -0.60 | 0 of 2 | 0 | 0.83 |" in text
+    assert study.gap_stats([(3.1, 0.6), (5.1, 5.0)]) == {"median_gap": 4.1, "within_noise": 0}
+    assert study.gap_stats([(0.2, 0.8), (4.0, 5.0), (9.0, 1.0)]) == {"median_gap": 4.0, "within_noise": 2}
+    assert "| auto | 2 | -0.67 | 0.18 | -0.85 | 1 of 2 | 4.1 | 0 of 2 | 0 | 0.00 |" in text
+    assert "| lr_verify | 2 | -0.50 | 0.10 | -0.60 | 0 of 2 | 0.4 | 2 of 2 | 0 | 0.83 |" in text
     assert "covers the best rate on 1 of 2" in text and "| medium | 2 | 1 | 50% |" in text
     assert "| high | 0 | 0 | - |" in text and "fit cases" not in text
 
