@@ -211,12 +211,32 @@ def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
             steps = budget_steps(count, len(lrs))
             if steps != case.verify_steps:
                 place_verify(case, runner, result, "lr_verify_budget", steps)
+            elif "lr_verify" in result.methods:  # the same run answers both questions
+                result.methods["lr_verify_budget"] = result.methods["lr_verify"]
+                result.cost["lr_verify_budget"] = result.cost["lr_verify"]
     return result
 
 
+def same_range(recorded, recomputed) -> bool:
+    """Whether a verification's recorded range is the one the rule as it stands gives (else the
+    record was made by another rule and its trials tried other rates)."""
+    return bool(recorded and recomputed) and all(math.isclose(a, b, rel_tol=1e-6)
+                                                 for a, b in zip(recorded, recomputed, strict=True))
+
+
 def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, steps: int) -> None:
-    """``--lr_verify steps`` placed on the curve, with its cost in steps and in sweeps."""
+    """``--lr_verify steps`` placed on the curve, with its cost in steps and in sweeps; left out,
+    with a line, when it did not verify or when its record comes from another rule."""
     verified, record = runner.verify(case, steps)
+    if not verified.get("verification"):
+        print(f"[{case.name}] {method}: the run verified nothing ({verified.get('error', 'no trials')})")
+        return
+    history = record.get("history") or {}
+    current = suggestions_from_history(history.get("lr", []), history.get("loss", []), case.optimizer)
+    if not same_range(verified.get("suggested_range"), current.get("suggested_range")):
+        print(f"[{case.name}] {method}: its record was made by another rule; delete "
+              f"{case.name}/verify-{steps}.json to run it again")
+        return
     result.methods[method] = place(verified["suggested_lr"], result.grid, result.noise)
     total = verified.get("verify_total_steps") or 0
     result.cost[method] = {"first_round_steps": steps, "steps": total,

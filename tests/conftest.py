@@ -1,8 +1,10 @@
 """Shared test helpers: tiny JPEG ImageFolder trees and running the CLIs as users do."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -44,3 +46,28 @@ def run_cli(script: str, *args, timeout: float = 240, env_extra: dict | None = N
 
 # Flags that make a range test take a few seconds on a CPU.
 FAST = ["--input_size", "32", "--batch_size", "4", "--num_workers", "0", "--precision", "fp32"]
+
+
+def kill_after(cmd: list[str], checkpoint: Path, steps: int, steps_per_epoch: int, timeout: float = 300) -> None:
+    """Run ``cmd`` and SIGKILL it once ``checkpoint`` records at least ``steps`` optimizer steps
+    (read only when it changed: a ResNet-50 checkpoint is hundreds of MB); assert it was killed."""
+    import torch
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline, seen = time.time() + timeout, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                stamp = checkpoint.stat().st_mtime_ns
+                if stamp != seen:
+                    state = torch.load(checkpoint, weights_only=True)
+                    seen = stamp  # only once read: a failed read is tried again
+                    if state["epoch"] * steps_per_epoch + state["step_in_epoch"] >= steps:
+                        proc.send_signal(signal.SIGKILL)
+                        break
+            except (FileNotFoundError, RuntimeError, EOFError):
+                pass
+            time.sleep(0.02)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proc.kill()

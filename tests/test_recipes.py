@@ -4,10 +4,7 @@ the range test over parameter groups, --lr_from's setting warnings, kill-and-res
 import csv
 import json
 import math
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ import torchvision
 from torch import nn
 
 import main
-from conftest import REPO, make_image_folder, run_cli
+from conftest import REPO, kill_after, make_image_folder, run_cli
 from lr_finder import RangeTest
 from recipes import RECIPES, setting_differences
 from train import TrainingLoss, build_ema, build_optimizer, lr_from_json, parameter_groups, split_parameters
@@ -240,29 +237,6 @@ TRAIN = ["--recipe", "nvidia", "--lr", "0.02", "--epochs", "2", "--warmup_epochs
 STEPS_PER_EPOCH = 6  # 3 classes x 8 images, batch 4
 
 
-def kill_after(cmd: list[str], checkpoint, steps: int) -> None:
-    """Run ``cmd`` and SIGKILL it once ``checkpoint`` records at least ``steps`` steps (read only when
-    it changed: a ResNet-50 checkpoint is hundreds of MB)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    try:
-        deadline, seen = time.time() + 300, None
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                stamp = checkpoint.stat().st_mtime_ns
-                if stamp != seen:
-                    seen = stamp
-                    state = torch.load(checkpoint, weights_only=True)
-                    if state["epoch"] * STEPS_PER_EPOCH + state["step_in_epoch"] >= steps:
-                        proc.send_signal(signal.SIGKILL)
-                        break
-            except (FileNotFoundError, RuntimeError, EOFError):
-                pass
-            time.sleep(0.05)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        proc.kill()
-
-
 def test_kill_and_resume_with_ema_and_mixing_matches_the_uninterrupted_run(tmp_path):
     data = make_image_folder(tmp_path / "data", size=24)
     full = run_cli("main.py", "--data_dir", data, "--output_dir", tmp_path / "full", *TRAIN)
@@ -277,7 +251,7 @@ def test_kill_and_resume_with_ema_and_mixing_matches_the_uninterrupted_run(tmp_p
     out = tmp_path / "killed"
     cmd = [sys.executable, str(REPO / "main.py"), "--data_dir", str(data), "--output_dir", str(out), *TRAIN,
            "--checkpoint_every", "1"]
-    kill_after(cmd, out / "last.pt", 4)
+    kill_after(cmd, out / "last.pt", 4, STEPS_PER_EPOCH)
     killed_at = torch.load(out / "last.pt", weights_only=True)
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) != (2, 0) and "ema" in killed_at
     resumed = run_cli("main.py", "--data_dir", data, "--output_dir", out, *TRAIN, "--checkpoint_every", "1",

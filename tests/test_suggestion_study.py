@@ -62,6 +62,12 @@ def test_the_budget_verification_costs_at_most_its_share_of_the_sweep():
     assert study.budget_steps(6, 150, budget=1.0) == 7 and study.budget_steps(8, 2) == 1
 
 
+def test_a_verification_from_another_rule_is_recognised():
+    assert study.same_range([0.0062, 0.076], [0.0062, 0.076])
+    assert not study.same_range([0.0062, 0.076], [0.0072, 0.087])
+    assert not study.same_range(None, [0.0062, 0.076]) and not study.same_range([0.0062, 0.076], None)
+
+
 def test_summary_tables_in_markdown():
     report = {"fit": {"cases": 0}, "test": {
         "cases": 2, "range_covers_best": 1,

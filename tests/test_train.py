@@ -3,15 +3,12 @@
 import csv
 import json
 import math
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder, run_cli
+from conftest import REPO, kill_after, make_image_folder, run_cli
 from train import build_scheduler, describe_lr_source, lr_from_json, lr_multiplier, read_lr_from, scale_lr, topk_correct
 from errors import UserInputError
 
@@ -98,21 +95,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(trained):
     out = root / "killed"
     cmd = [sys.executable, str(REPO / "main.py"), "--data_dir", str(data), "--output_dir", str(out), *TRAIN,
            "--checkpoint_every", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                state = torch.load(out / "last.pt", weights_only=True)
-                if state["epoch"] * 6 + state["step_in_epoch"] >= 3:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            except (FileNotFoundError, RuntimeError, EOFError):
-                pass
-            time.sleep(0.01)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        proc.kill()
+    kill_after(cmd, out / "last.pt", 3, steps_per_epoch=6, timeout=120)
     killed_at = torch.load(out / "last.pt", weights_only=True)
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) != (2, 0)
 
