@@ -349,10 +349,10 @@ def plot(results: list[CaseResult], path: Path) -> None:
         if r.range:
             ax.axvspan(r.range["low"], r.range["high"], ymin=0, ymax=0.06, color="tab:blue", alpha=0.6,
                        label="suggested range")
-        for name, colour in (("auto", "tab:red"), ("lr_verify", "tab:purple"),
-                               ("lr_verify_budget", "tab:orange")):
+        for name, colour, style, width in (("auto", "tab:red", "-", 2.4), ("lr_verify", "tab:purple", "--", 1.3),
+                                           ("lr_verify_budget", "tab:orange", ":", 1.8)):
             if name in r.methods:
-                ax.axvline(r.methods[name]["lr"], color=colour, ls="--", lw=1.3,
+                ax.axvline(r.methods[name]["lr"], color=colour, ls=style, lw=width,
                            label=f"{name} {r.methods[name]['lr']:.2g}")
         ax.set_xscale("log")
         ax.set(xlabel="learning rate", ylabel="best val top-1 (%)", title=f"{r.case['name']} ({r.case['role']})")
