@@ -6,8 +6,9 @@ curve's answer among them) trains N steps with its own compressed schedule (a sh
 warm-up, then cosine decay to zero: a constant rate would favour small rates over so short a
 horizon) and is scored on fixed held-out batches. The better half (lowest held-out loss) trains
 again from the start for 2N steps, the better half of those for 4N, until two remain: the better
-of the last round is the trials' answer. Short trials favour low rates (the short-horizon bias);
-survivors judged on longer horizons correct part of it.
+of the last round is the trials' answer. Short trials are biased (toward low rates, the
+short-horizon bias, and over the very first steps sometimes toward high ones); survivors judged
+on longer horizons correct part of it.
 
 When the curve's answer reaches the last round, the trials replace it only when their best also
 beats it clearly on held-out top-1 (more than MARGIN_SE standard errors): a winner inside the

@@ -77,7 +77,7 @@ def place(lr: float, grid: dict[float, float], noise: float) -> dict:
     best = grid[best_lr]
     top1, extrapolated = interpolate_top1(lr, grid)
     low, high = plateau_bounds(grid, best, noise)
-    return {"lr": lr, "log10_ratio": round(math.log10(lr / best_lr), 3), "top1": round(top1, 2),
+    return {"lr": lr, "log10_best_over_reading": round(math.log10(best_lr / lr), 3), "top1": round(top1, 2),
             "gap": round(best - top1, 2), "extrapolated": extrapolated, "in_plateau": low <= lr <= high,
             "collapsed": top1 < COLLAPSE_SHARE * best}
 
@@ -256,7 +256,7 @@ def summary(results: list[CaseResult]) -> dict:
         methods = sorted({m for r in rs for m in r.methods})
         out[role] = {
             "cases": len(rs),
-            "methods": {m: {**log_ratio_stats([-r.methods[m]["log10_ratio"] for r in rs if m in r.methods]),
+            "methods": {m: {**log_ratio_stats([r.methods[m]["log10_best_over_reading"] for r in rs if m in r.methods]),
                             "in_plateau": sum(r.methods[m]["in_plateau"] for r in rs if m in r.methods),
                             "collapsed": sum(r.methods[m]["collapsed"] for r in rs if m in r.methods),
                             **gap_stats([(r.methods[m]["gap"], r.noise) for r in rs if m in r.methods]),

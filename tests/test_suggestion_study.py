@@ -29,7 +29,7 @@ def test_plateau_is_widened_half_way_to_the_next_grid_rate_and_collapse_is_flagg
     low, high = study.plateau_bounds(GRID, 60.0, 3.0)
     assert low == pytest.approx((2e-3 * 4e-3) ** 0.5) and high == pytest.approx((8e-3 * 3.2e-2) ** 0.5)
     inside = study.place(0.01, GRID, 3.0)
-    assert inside["in_plateau"] and inside["log10_ratio"] == pytest.approx(0.398, abs=1e-3)
+    assert inside["in_plateau"] and inside["log10_best_over_reading"] == pytest.approx(-0.398, abs=1e-3)
     low_rate = study.place(2e-3, GRID, 3.0)  # 5 points under the best: outside
     assert not low_rate["in_plateau"] and low_rate["gap"] == pytest.approx(5.0) and not low_rate["collapsed"]
     assert study.place(3.2e-2, GRID, 3.0)["collapsed"]  # 20 % where the best is 60 %
@@ -107,7 +107,7 @@ def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, cap
     assert len(case["grid"]) >= 3 and len(case["seeds"]) == 3 and case["noise"] >= 0
     assert {"auto", "rise", "steepest", "valley", "minimum", "lr_verify"} <= set(case["methods"])
     for method in case["methods"].values():
-        assert set(method) == {"lr", "log10_ratio", "top1", "gap", "extrapolated", "in_plateau", "collapsed"}
+        assert set(method) == {"lr", "log10_best_over_reading", "top1", "gap", "extrapolated", "in_plateau", "collapsed"}
     assert {"confidence", "loss_drop", "suggested_range", "history"} <= set(case["sweep"])
     assert set(case["range"]) == {"low", "high", "covers_best"}
     verify = case["cost"]["lr_verify"]
