@@ -179,7 +179,7 @@ def ground_truth(case: Case, runner: Runner, result: CaseResult) -> None:
 
 def place_prodigy(top1: float, result: CaseResult) -> dict:
     return {"top1": top1, "minus_best": round(top1 - result.best_top1, 2),
-            "within_noise": top1 >= result.best_top1 - result.noise}
+            "not_worse_beyond_noise": top1 >= result.best_top1 - result.noise}
 
 
 def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
