@@ -4,6 +4,7 @@ plot, history CSV, JSON and log next to ``--lr_plot``.
     uv run python main.py --find_lr --lr_plot ./outputs/lr_finder_imagenet1k.png --data_dir ./data
 """
 
+import json
 import os
 import shlex
 import signal
@@ -11,23 +12,31 @@ import sys
 import tempfile
 import time
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 from errors import UserInputError
 from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, analyse, auto_method, confidence, \
-    find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, trusted_readings
+    find_landmarks, held_out_figures, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, \
+    trusted_readings
 from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
     to_model_input
 from recipes import rate_settings, recipe_lr
-from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log
+from report import atomic_write_json, atomic_write_text, held_out_line, history_csv, json_safe, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from train import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 VERIFY_HELDOUT_BATCHES = 8  # held-out images for --lr_verify: this many batches (global)
+# how the frozen rule fared on the suggestion study's test cases (benchmarks/suggestion_study.py --held_out_file)
+HELD_OUT_FILE = Path(__file__).with_name("suggestion_held_out.json")
+
+
+@cache
+def held_out_record() -> dict:
+    return json.loads(HELD_OUT_FILE.read_text())
 
 
 def output_paths(lr_plot: str) -> dict[str, str]:
@@ -150,8 +159,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
                                       args.seed, need_val=args.lr_advanced or verify_on_val,
                                       val_labels=args.val_labels, rescan=args.rescan)
     if args.lr_verify and train_ds.layout["data_layout"] == "wds_shards":
-        raise UserInputError(f"--lr_verify picks held-out images by index, which shards do not offer; run it on a "
-                             f"class-folder tree (prepare_imagenet.py without --format wds) or drop --lr_verify")
+        raise UserInputError("--lr_verify picks held-out images by index, which shards do not offer; run it on a "
+                             "class-folder tree (prepare_imagenet.py without --format wds) or drop --lr_verify")
     sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
     train_loader = build_loader(train_ds, args.batch_size, True, args.num_workers, device, args.seed, sampler)
     val_loader = None
@@ -190,6 +199,8 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
             verify_suggestion(args, dist, result, model, optimizer, criterion, train_ds, val_ds, precision,
                               channels_last, stop)
     write_rank_history(sweep, dist)
+    if result.get("confidence"):
+        result["held_out"] = held_out_figures(held_out_record(), result["confidence"], result.get("optimizer", "sgd"))
     if dist.is_main:
         write_results(args, paths, sweep, result)
         report_to_user(result, paths)
@@ -314,6 +325,8 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
         sweep.lrs, sweep.raw_losses, smooth(sweep.raw_losses, args.lr_smooth_f), sweep.val_losses))
     title = (f"LR range test: {data_name(args.dataset, args.data_dir)}, batch {result['global_batch_size']}, "
              f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
+    if result.get("held_out"):
+        title += f"\n{held_out_line(result['held_out'])}"
     if sweep.steps_run:
         plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,
                    args.lr_smooth_f, result.get("verification"), result.get("suggested_range"))
@@ -327,6 +340,8 @@ def report_to_user(result: dict, paths: dict) -> None:
     if result["success"]:
         print(f"Suggested learning rate: {result['suggested_lr']:.2e} ({result['suggestion_method']}, "
               f"confidence {result['confidence']}); stop reason: {result['stop_reason']}")
+        if result.get("held_out"):
+            print(f"  {held_out_line(result['held_out'])}")
     else:
         print(f"error: {result['error']}", file=sys.stderr)
     for key in ("plot_file", "log_file", "history_file"):

@@ -154,11 +154,34 @@ def _analysis_text(result: dict) -> str:
         low, high = result["suggested_range"]
         lines += ["", f"The suggested range, {low:.2e} to {high:.2e}, is where the best rate of a full training "
                       "is expected to lie around this answer: how far the best rate lay from the answer on the "
-                      "cases the rule was fitted to (docs/suggestion_study.md says how often it held on others). --lr_verify N tries the "
-                      "rates across it with short trainings."]
+                      "cases the rule was fitted to. --lr_verify N tries the rates across it with short trainings."]
+    if result.get("held_out"):
+        lines += ["", held_out_text(result["held_out"])]
     lines += ["", "Recommended next steps:"]
     lines += [f"{i}. {step}" for i, step in enumerate(next_steps(result, lr), 1)]
     return "\n".join(lines)
+
+
+def held_out_line(held: dict) -> str:
+    """One line: how often answers of this confidence landed on the study's held-out cases."""
+    level, at = held["confidence"], held["at_this_confidence"]
+    if not at["cases"]:
+        return f"confidence {level}: no held-out test case had it, so it is not yet measured"
+    return f"confidence {level}: near the best rate on {at['in_plateau']} of {at['cases']} held-out test cases at this level"
+
+
+def held_out_text(held: dict) -> str:
+    """The held-out record behind an answer, in words, with its numbers (``held_out`` in the JSON)."""
+    n, opt = held["test_cases"], held["with_this_optimizer"]
+    with_optimizer = (f"{opt['in_plateau']} of {opt['cases']} with {held['optimizer']}" if opt["cases"]
+                      else f"none of them used {held['optimizer']}")
+    return (f"Held-out record ({held['study']}, {held['date']}): on {n} test cases the rule was not fitted to, "
+            f"the curve's answer was compared with trainings at a grid of rates (near: within the seed noise of the best "
+            "rate, in val top-1). "
+            f"{held_out_line(held).replace('confidence', 'Confidence', 1)}; "
+            f"over all levels, {with_optimizer}. The suggested range covered the best rate on "
+            f"{held['range_covers_best']} of {n}; --lr_verify at about 2.5 sweeps of extra cost was near it on "
+            f"{held['verified_at_2_5_sweeps']['in_plateau']} of {held['verified_at_2_5_sweeps']['cases']}.")
 
 
 def next_steps(result: dict, lr: float) -> list[str]:

@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 from study_cases import ALL_CASES, FIT_CASES, QUICK_CASES, TEST_CASES, Case  # noqa: E402
 from study_runs import Runner  # noqa: E402
 
+from report import atomic_write_json  # noqa: E402
+
 SMOOTH_F = 0.05  # main.py's default --lr_smooth_f
 COARSE_STEP = 4.0
 FINE_STEP = 2.0
@@ -269,6 +271,27 @@ def summary(results: list[CaseResult]) -> dict:
     return out
 
 
+def held_out_record(results: list[CaseResult], when: str) -> dict:
+    """What the finder reports beside its answer: how the frozen rule's answers fared on the test
+    cases, per confidence level and per optimizer (the curve alone), the range's coverage and the
+    verified answers' landings."""
+    rs = [r for r in results if r.case["role"] == "test" and "auto" in r.methods]
+    if not rs:
+        return {}
+
+    def landed(rows, method="auto"):
+        hits = [r.methods[method]["in_plateau"] for r in rows if method in r.methods]
+        return {"cases": len(hits), "in_plateau": sum(hits)}
+
+    levels = {level: landed([r for r in rs if r.sweep.get("confidence") == level]) for level in ("high", "medium", "low")}
+    optimizers = sorted({r.case["optimizer"] for r in rs})
+    return {"date": when, "study": "docs/suggestion_study.md", "test_cases": len(rs),
+            "default_by_confidence": levels,
+            "default_by_optimizer": {o: landed([r for r in rs if r.case["optimizer"] == o]) for o in optimizers},
+            "range_covers_best": sum(bool(r.range.get("covers_best")) for r in rs),
+            "verified_at_2_5_sweeps": landed(rs, "lr_verify_budget")}
+
+
 def gap_stats(rows: list[tuple[float, float]]) -> dict:
     """From (top-1 points lost against the best rate, that case's seed noise): the median loss and
     the cases that lost no more than their noise."""
@@ -378,6 +401,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--plot", default=None, help="val top-1 against lr per case, plateau and range shaded")
     parser.add_argument("--no_verify", action="store_true", help="skip the --lr_verify runs")
+    parser.add_argument("--held_out_file", default=None,
+                        help="write the test cases' record that the finder reports beside its answer "
+                             "(suggestion_held_out.json at the repository root; only once every test case is done)")
     parser.add_argument("--only_records", action="store_true",
                         help="report from the records alone; cases with a missing run are left out")
     args = parser.parse_args(argv)
@@ -399,6 +425,14 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "summary": report,
                                                "cases": [asdict(r) for r in results]}, indent=1))
+    if args.held_out_file:
+        done = {r.case["name"] for r in results}
+        missing = [c.name for c in TEST_CASES if c.name not in done]
+        if missing:
+            print(f"error: --held_out_file needs every test case; no full record of {', '.join(missing)}",
+                  file=sys.stderr)
+            return 2
+        atomic_write_json(args.held_out_file, held_out_record(results, date.today().isoformat()))
     if args.plot and results:
         plot(results, Path(args.plot))
     return 0

@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST, run_cli
 
 SPEC_FIELDS = {"suggested_lr", "dataset", "batch_size", "lr_finder_epochs", "plot_file", "log_file", "timestamp"}
-OUR_FIELDS = {"success", "lr_start", "lr_end", "lr_iter", "steps_run", "diverged", "device", "seed"}
+OUR_FIELDS = {"success", "lr_start", "lr_end", "lr_iter", "steps_run", "diverged", "device", "seed", "held_out"}
 
 
 def find_lr(data, out, *extra):
@@ -26,6 +26,9 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     result = json.loads((out / "suggested_lr.json").read_text())
     assert SPEC_FIELDS | OUR_FIELDS <= set(result)
     assert result["success"] is True and result["dataset"] == "imagenet1k" and result["batch_size"] == 4
+    held = result["held_out"]  # the study's record for this answer's confidence and optimizer
+    assert held["confidence"] == result["confidence"] and held["optimizer"] == "sgd" and held["test_cases"] == 7
+    assert "Held-out record (docs/suggestion_study.md" in (out / "lr_finder_log.txt").read_text()
     assert result["lr_start"] == 1e-4 and result["lr_end"] == 1 and result["lr_iter"] == 12 and result["seed"] == 3
     assert result["device"] == "cpu" and result["plot_file"] == str(out / "plot.png")
     assert result["data_layout"] == "train_only" and result["val_labels_file"] is None

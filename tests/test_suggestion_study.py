@@ -85,6 +85,22 @@ def test_summary_tables_in_markdown():
     assert "| high | 0 | 0 | - |" in text and "fit cases" not in text
 
 
+def test_the_committed_held_out_record_is_what_the_test_records_give(tmp_path):
+    out = tmp_path / "held_out.json"
+    assert study.main(["--set", "test", "--only_records", "--held_out_file", str(out)]) == 0
+    made, committed = json.loads(out.read_text()), json.loads((REPO / "suggestion_held_out.json").read_text())
+    assert made.pop("date") and committed.pop("date")
+    assert made == committed and committed["test_cases"] == len(study_cases.TEST_CASES)
+
+
+def test_the_held_out_record_needs_every_test_case(tmp_path, capsys):
+    out = tmp_path / "held_out.json"
+    assert study.main(["--set", "test", "--only_records", "--records", str(tmp_path / "none"),
+                       "--held_out_file", str(out)]) == 2
+    assert "needs every test case; no full record of colour-16px-b32" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
     fit = {c.name for c in study_cases.FIT_CASES}
     test = study_cases.TEST_CASES
