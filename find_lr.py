@@ -12,31 +12,61 @@ import sys
 import tempfile
 import time
 from datetime import datetime
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 
 from errors import UserInputError
 from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, analyse, auto_method, confidence, \
-    find_landmarks, held_out_figures, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, \
+    find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, \
     trusted_readings
 from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
     to_model_input
 from recipes import rate_settings, recipe_lr
-from report import atomic_write_json, atomic_write_text, held_out_line, history_csv, json_safe, render_log
+from report import atomic_write_json, atomic_write_text, history_csv, study_line, json_safe, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from train import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 VERIFY_HELDOUT_BATCHES = 8  # held-out images for --lr_verify: this many batches (global)
-# how the frozen rule fared on the suggestion study's test cases (benchmarks/suggestion_study.py --held_out_file)
-HELD_OUT_FILE = Path(__file__).with_name("suggestion_held_out.json")
+# the suggestion study's test cases, reported beside each default answer
+# (written by benchmarks/suggestion_study.py --study_record)
+STUDY_RECORD_FILE = Path(__file__).with_name("suggestion_study_record.json")
 
 
-@cache
-def held_out_record() -> dict:
-    return json.loads(HELD_OUT_FILE.read_text())
+def load_study_record(path: Path = STUDY_RECORD_FILE) -> dict:
+    """The committed study record; a missing or damaged one stops the run before the sweep, not after."""
+    try:
+        record = json.loads(path.read_text())
+        study_figures(record, "medium", "sgd")  # every field the report reads is there
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserInputError(f"{path}: the suggestion study's record is missing or damaged ({exc!r}); "
+                             f"restore it with: git checkout -- {path.name}") from None
+    return record
+
+
+def study_figures(record: dict, level: str, optimizer: str) -> dict:
+    """The record's counts for a default answer whose curve read ``level`` with ``optimizer``: the
+    test cases with both, with the level alone and with the optimizer alone (how many, how many
+    landed in the plateau, how many lost no more top-1 than the noise); the range's coverage; how
+    often each verification landed."""
+    cases = record["cases"]
+
+    def count(rows: list[dict]) -> dict:
+        return {"cases": len(rows), "in_plateau": sum(bool(r["in_plateau"]) for r in rows),
+                "within_noise": sum(bool(r["within_noise"]) for r in rows)}
+
+    sizes = [int(r["input_size"]) for r in cases]
+    return {"study": record["study"], "written": record["written"], "test_cases": len(cases),
+            "input_sizes": [min(sizes), max(sizes)], "curve_confidence": level, "optimizer": optimizer,
+            "same_confidence_and_optimizer": count([r for r in cases
+                                                    if r["confidence"] == level and r["optimizer"] == optimizer]),
+            "same_confidence": count([r for r in cases if r["confidence"] == level]),
+            "same_optimizer": count([r for r in cases if r["optimizer"] == optimizer]),
+            "range_covers_best": sum(bool(r["range_covers_best"]) for r in cases),
+            "verify_10_in_plateau": sum(bool(r["verify_10_in_plateau"]) for r in cases),
+            "verify_2_5_sweeps_in_plateau": sum(bool(r["verify_2_5_sweeps_in_plateau"]) for r in cases)}
 
 
 def output_paths(lr_plot: str) -> dict[str, str]:
@@ -144,8 +174,12 @@ def assessment(result: dict) -> dict:
 def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     """Run the sweep and write its results (rank 0); returns (exit code, suggested learning rate)."""
     paths = output_paths(args.lr_plot)
+    # the study measured the default reading of the training curve, nothing else
+    record = None
     if dist.is_main:
         ensure_writable(os.path.dirname(args.lr_plot) or ".")
+        if args.lr_suggest == AUTO and not args.lr_advanced:
+            record = load_study_record()
     device = dist.device
     say = print if dist.is_main else (lambda *a, **k: None)
     precision, why = select_precision(args.precision, device)
@@ -195,13 +229,14 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         elapsed = time.perf_counter() - started
         result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
         result.update(train_ds.layout)
+        curve_level = result.get("confidence")  # before --lr_verify re-assesses it
         if args.lr_verify and result["success"] and sweep.stop_reason != "interrupted":
             verify_suggestion(args, dist, result, model, optimizer, criterion, train_ds, val_ds, precision,
                               channels_last, stop)
     write_rank_history(sweep, dist)
-    if result.get("confidence"):
-        result["held_out"] = held_out_figures(held_out_record(), result["confidence"], result.get("optimizer", "sgd"))
     if dist.is_main:
+        if record is not None and curve_level and sweep.stop_reason != "interrupted":
+            result["study_record"] = study_figures(record, curve_level, result.get("optimizer", "sgd"))
         write_results(args, paths, sweep, result)
         report_to_user(result, paths)
     suggested = dist.broadcast(result["suggested_lr"])
@@ -325,8 +360,8 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
         sweep.lrs, sweep.raw_losses, smooth(sweep.raw_losses, args.lr_smooth_f), sweep.val_losses))
     title = (f"LR range test: {data_name(args.dataset, args.data_dir)}, batch {result['global_batch_size']}, "
              f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
-    if result.get("held_out"):
-        title += f"\n{held_out_line(result['held_out'])}"
+    if result.get("study_record"):
+        title += f"\n{study_line(result['study_record'])}"
     if sweep.steps_run:
         plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,
                    args.lr_smooth_f, result.get("verification"), result.get("suggested_range"))
@@ -340,8 +375,8 @@ def report_to_user(result: dict, paths: dict) -> None:
     if result["success"]:
         print(f"Suggested learning rate: {result['suggested_lr']:.2e} ({result['suggestion_method']}, "
               f"confidence {result['confidence']}); stop reason: {result['stop_reason']}")
-        if result.get("held_out"):
-            print(f"  {held_out_line(result['held_out'])}")
+        if result.get("study_record"):
+            print(f"  {study_line(result['study_record'])}")
     else:
         print(f"error: {result['error']}", file=sys.stderr)
     for key in ("plot_file", "log_file", "history_file"):

@@ -314,18 +314,6 @@ def confidence(e: Evidence) -> str:
     return from_curve
 
 
-def held_out_figures(record: dict, level: str, optimizer: str) -> dict:
-    """From the suggestion study's held-out record, the figures behind one answer: of the test
-    cases the rule was not fitted to, those with this confidence level and this optimizer, and on
-    how many of each the curve's answer landed within the seed noise of the best rate."""
-    none = {"cases": 0, "in_plateau": 0}
-    return {"date": record["date"], "study": record["study"], "test_cases": record["test_cases"],
-            "confidence": level, "at_this_confidence": record["default_by_confidence"].get(level, none),
-            "optimizer": optimizer, "with_this_optimizer": record["default_by_optimizer"].get(optimizer, none),
-            "range_covers_best": record["range_covers_best"],
-            "verified_at_2_5_sweeps": record["verified_at_2_5_sweeps"]}
-
-
 def analyse(lr: float, level: str, e: Evidence) -> tuple[str, list[str]]:
     """A verdict line and warnings for a suggested learning rate."""
     warnings = []

@@ -155,33 +155,45 @@ def _analysis_text(result: dict) -> str:
         lines += ["", f"The suggested range, {low:.2e} to {high:.2e}, is where the best rate of a full training "
                       "is expected to lie around this answer: how far the best rate lay from the answer on the "
                       "cases the rule was fitted to. --lr_verify N tries the rates across it with short trainings."]
-    if result.get("held_out"):
-        lines += ["", held_out_text(result["held_out"])]
+    if result.get("study_record"):
+        lines += ["", study_text(result["study_record"], verified=result.get("verification") is not None)]
     lines += ["", "Recommended next steps:"]
     lines += [f"{i}. {step}" for i, step in enumerate(next_steps(result, lr), 1)]
     return "\n".join(lines)
 
 
-def held_out_line(held: dict) -> str:
-    """One line: how often answers of this confidence landed on the study's held-out cases."""
-    level, at = held["confidence"], held["at_this_confidence"]
-    if not at["cases"]:
-        return f"confidence {level}: no held-out test case had it, so it is not yet measured"
-    return f"confidence {level}: near the best rate on {at['in_plateau']} of {at['cases']} held-out test cases at this level"
+def study_line(fig: dict) -> str:
+    """One line: how often the default landed on the study's held-out cases with this optimizer and
+    the curve's confidence level (``study_record`` in the JSON)."""
+    same, level, optimizer = fig["same_confidence_and_optimizer"], fig["curve_confidence"], fig["optimizer"]
+    if not same["cases"]:
+        return f"study: no held-out case had {optimizer} at curve confidence {level}, so it is not measured"
+    few = " (too few to tell)" if same["cases"] < 3 else ""
+    return (f"study: with {optimizer} at curve confidence {level}, the default landed among the best rates "
+            f"on {same['in_plateau']} of {same['cases']} held-out cases{few}")
 
 
-def held_out_text(held: dict) -> str:
-    """The held-out record behind an answer, in words, with its numbers (``held_out`` in the JSON)."""
-    n, opt = held["test_cases"], held["with_this_optimizer"]
-    with_optimizer = (f"{opt['in_plateau']} of {opt['cases']} with {held['optimizer']}" if opt["cases"]
-                      else f"none of them used {held['optimizer']}")
-    return (f"Held-out record ({held['study']}, {held['date']}): on {n} test cases the rule was not fitted to, "
-            f"the curve's answer was compared with trainings at a grid of rates (near: within the seed noise of the best "
-            "rate, in val top-1). "
-            f"{held_out_line(held).replace('confidence', 'Confidence', 1)}; "
-            f"over all levels, {with_optimizer}. The suggested range covered the best rate on "
-            f"{held['range_covers_best']} of {n}; --lr_verify at about 2.5 sweeps of extra cost was near it on "
-            f"{held['verified_at_2_5_sweeps']['in_plateau']} of {held['verified_at_2_5_sweeps']['cases']}.")
+def study_text(fig: dict, verified: bool) -> str:
+    """The study's record behind a default answer, in words, with its numbers."""
+    def landed(c: dict) -> str:
+        return f"{c['in_plateau']} of {c['cases']}" if c["cases"] else "no case"
+
+    n, (low, high) = fig["test_cases"], fig["input_sizes"]
+    level, optimizer, same = fig["curve_confidence"], fig["optimizer"], fig["same_confidence_and_optimizer"]
+    text = (f"Suggestion study ({fig['study']}, record of {fig['written']}): on {n} small test cases the rule "
+            f"was not fitted to ({low} to {high} px images, trained on a CPU; not ImageNet), the default answer "
+            "from the curve alone was compared with trainings at a grid of rates. It landed when it fell in the "
+            "plateau of best rates (top-1 within the seed noise of the best, widened half-way to the next grid "
+            f"rate). With {optimizer} at confidence {level}: landed on {landed(same)}"
+            + (f", lost no more top-1 than the noise on {same['within_noise']} of {same['cases']}" if same["cases"] else "")
+            + f". At confidence {level}, any optimizer: {landed(fig['same_confidence'])}. With {optimizer}, any "
+            f"confidence: {landed(fig['same_optimizer'])}. The suggested range covered the best rate on "
+            f"{fig['range_covers_best']} of {n}. --lr_verify landed on {fig['verify_10_in_plateau']} of {n} with "
+            f"10-step first rounds and on {fig['verify_2_5_sweeps_in_plateau']} of {n} at about 2.5 sweeps of "
+            "extra cost.")
+    if verified:
+        text += f" This answer went through --lr_verify: the counts are for the curve's own confidence ({level})."
+    return text
 
 
 def next_steps(result: dict, lr: float) -> list[str]:

@@ -271,25 +271,21 @@ def summary(results: list[CaseResult]) -> dict:
     return out
 
 
-def held_out_record(results: list[CaseResult], when: str) -> dict:
-    """What the finder reports beside its answer: how the frozen rule's answers fared on the test
-    cases, per confidence level and per optimizer (the curve alone), the range's coverage and the
-    verified answers' landings."""
-    rs = [r for r in results if r.case["role"] == "test" and "auto" in r.methods]
-    if not rs:
-        return {}
+STUDY_RECORD_METHODS = ("auto", "lr_verify", "lr_verify_budget")
 
-    def landed(rows, method="auto"):
-        hits = [r.methods[method]["in_plateau"] for r in rows if method in r.methods]
-        return {"cases": len(hits), "in_plateau": sum(hits)}
 
-    levels = {level: landed([r for r in rs if r.sweep.get("confidence") == level]) for level in ("high", "medium", "low")}
-    optimizers = sorted({r.case["optimizer"] for r in rs})
-    return {"date": when, "study": "docs/suggestion_study.md", "test_cases": len(rs),
-            "default_by_confidence": levels,
-            "default_by_optimizer": {o: landed([r for r in rs if r.case["optimizer"] == o]) for o in optimizers},
-            "range_covers_best": sum(bool(r.range.get("covers_best")) for r in rs),
-            "verified_at_2_5_sweeps": landed(rs, "lr_verify_budget")}
+def study_record(results: list[CaseResult], written: str) -> dict:
+    """What the finder reports beside its answer: per test case, the optimizer and the curve's
+    confidence, whether the default answer (the curve alone) landed in the plateau and lost no more
+    top-1 than the noise, whether the range covered the best rate, and whether the two
+    verifications landed."""
+    rows = [{"name": r.case["name"], "optimizer": r.case["optimizer"], "input_size": r.case["input_size"],
+             "confidence": r.sweep["confidence"], "in_plateau": r.methods["auto"]["in_plateau"],
+             "within_noise": r.methods["auto"]["gap"] <= r.noise, "range_covers_best": bool(r.range["covers_best"]),
+             "verify_10_in_plateau": r.methods["lr_verify"]["in_plateau"],
+             "verify_2_5_sweeps_in_plateau": r.methods["lr_verify_budget"]["in_plateau"]}
+            for r in results if r.case["role"] == "test"]
+    return {"written": written, "study": "docs/suggestion_study.md", "cases": rows}
 
 
 def gap_stats(rows: list[tuple[float, float]]) -> dict:
@@ -401,9 +397,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--plot", default=None, help="val top-1 against lr per case, plateau and range shaded")
     parser.add_argument("--no_verify", action="store_true", help="skip the --lr_verify runs")
-    parser.add_argument("--held_out_file", default=None,
-                        help="write the test cases' record that the finder reports beside its answer "
-                             "(suggestion_held_out.json at the repository root; only once every test case is done)")
+    parser.add_argument("--study_record", default=None,
+                        help="write the test cases' record that the finder reports beside each answer "
+                             "(suggestion_study_record.json at the repository root); needs every test run")
     parser.add_argument("--only_records", action="store_true",
                         help="report from the records alone; cases with a missing run are left out")
     args = parser.parse_args(argv)
@@ -425,14 +421,15 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "summary": report,
                                                "cases": [asdict(r) for r in results]}, indent=1))
-    if args.held_out_file:
-        done = {r.case["name"] for r in results}
+    if args.study_record:
+        done = {r.case["name"] for r in results if r.case["role"] == "test"
+                and all(m in r.methods for m in STUDY_RECORD_METHODS)}
         missing = [c.name for c in TEST_CASES if c.name not in done]
-        if missing:
-            print(f"error: --held_out_file needs every test case; no full record of {', '.join(missing)}",
-                  file=sys.stderr)
+        if args.no_verify or missing:
+            why = "drop --no_verify" if args.no_verify else f"missing: {', '.join(missing)}"
+            print(f"error: --study_record needs every test case with both verifications; {why}", file=sys.stderr)
             return 2
-        atomic_write_json(args.held_out_file, held_out_record(results, date.today().isoformat()))
+        atomic_write_json(args.study_record, study_record(results, date.today().isoformat()))
     if args.plot and results:
         plot(results, Path(args.plot))
     return 0

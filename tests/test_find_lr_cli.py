@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 
-from conftest import FAST, run_cli
+from conftest import FAST, REPO, run_cli
+from report import study_line
 
 SPEC_FIELDS = {"suggested_lr", "dataset", "batch_size", "lr_finder_epochs", "plot_file", "log_file", "timestamp"}
-OUR_FIELDS = {"success", "lr_start", "lr_end", "lr_iter", "steps_run", "diverged", "device", "seed", "held_out"}
+OUR_FIELDS = {"success", "lr_start", "lr_end", "lr_iter", "steps_run", "diverged", "device", "seed", "study_record"}
 
 
 def find_lr(data, out, *extra):
@@ -26,9 +27,13 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     result = json.loads((out / "suggested_lr.json").read_text())
     assert SPEC_FIELDS | OUR_FIELDS <= set(result)
     assert result["success"] is True and result["dataset"] == "imagenet1k" and result["batch_size"] == 4
-    held = result["held_out"]  # the study's record for this answer's confidence and optimizer
-    assert held["confidence"] == result["confidence"] and held["optimizer"] == "sgd" and held["test_cases"] == 7
-    assert "Held-out record (docs/suggestion_study.md" in (out / "lr_finder_log.txt").read_text()
+    study = result["study_record"]  # the study's counts for this answer's confidence and optimizer
+    committed = json.loads((REPO / "suggestion_study_record.json").read_text())["cases"]
+    same = [c for c in committed if c["confidence"] == result["confidence"] and c["optimizer"] == "sgd"]
+    assert study["curve_confidence"] == result["confidence"] and study["optimizer"] == "sgd"
+    assert study["same_confidence_and_optimizer"]["cases"] == len(same) and study["test_cases"] == len(committed)
+    assert study_line(study) in proc.stdout
+    assert "Suggestion study (docs/suggestion_study.md, record of " in (out / "lr_finder_log.txt").read_text()
     assert result["lr_start"] == 1e-4 and result["lr_end"] == 1 and result["lr_iter"] == 12 and result["seed"] == 3
     assert result["device"] == "cpu" and result["plot_file"] == str(out / "plot.png")
     assert result["data_layout"] == "train_only" and result["val_labels_file"] is None
@@ -67,6 +72,7 @@ def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_fol
     result = json.loads((tmp_path / "suggested_lr.json").read_text())
     assert result["lr_iter"] == 6 and result["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs
     assert result["lr_finder_epochs"] == 2.0 and result["data_layout"] == "class_folders"
+    assert "study_record" not in result  # the study measured the training curve's default reading only
     assert result["curve"] == "validation" and set(result["suggestions_training_curve"]) == {
         "rise", "steepest", "valley", "minimum"}
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))

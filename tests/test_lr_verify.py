@@ -171,7 +171,11 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
         verified = rates[0] < chosen.lr < rates[-1]
     evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
     assert result["confidence"] == confidence(evidence)
+    # the study's counts are for the curve's own confidence, before the trials
+    curve_level = confidence(Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, None))
+    assert result["study_record"]["curve_confidence"] == curve_level
     log = (tmp_path / "out" / "lr_finder_log.txt").read_text()
+    assert f"the counts are for the curve's own confidence ({curve_level})" in log
     assert "Verification       : 2 steps per trial in the first round, doubled each round for the better half, " \
            "scored on 7 held-out images from train (held out)" in log
     assert f"from train (held out) (completed; {result_outcome})" in log

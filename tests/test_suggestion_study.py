@@ -85,19 +85,21 @@ def test_summary_tables_in_markdown():
     assert "| high | 0 | 0 | - |" in text and "fit cases" not in text
 
 
-def test_the_committed_held_out_record_is_what_the_test_records_give(tmp_path):
-    out = tmp_path / "held_out.json"
-    assert study.main(["--set", "test", "--only_records", "--held_out_file", str(out)]) == 0
-    made, committed = json.loads(out.read_text()), json.loads((REPO / "suggestion_held_out.json").read_text())
-    assert made.pop("date") and committed.pop("date")
-    assert made == committed and committed["test_cases"] == len(study_cases.TEST_CASES)
+def test_the_committed_study_record_is_what_the_test_records_give(tmp_path):
+    out = tmp_path / "record.json"
+    assert study.main(["--set", "test", "--only_records", "--study_record", str(out)]) == 0
+    made, committed = json.loads(out.read_text()), json.loads((REPO / "suggestion_study_record.json").read_text())
+    assert made.pop("written") and committed.pop("written")
+    assert made == committed and [c["name"] for c in committed["cases"]] == [c.name for c in study_cases.TEST_CASES]
 
 
-def test_the_held_out_record_needs_every_test_case(tmp_path, capsys):
-    out = tmp_path / "held_out.json"
+def test_the_study_record_needs_every_test_case_and_both_verifications(tmp_path, capsys):
+    out = tmp_path / "record.json"
     assert study.main(["--set", "test", "--only_records", "--records", str(tmp_path / "none"),
-                       "--held_out_file", str(out)]) == 2
-    assert "needs every test case; no full record of colour-16px-b32" in capsys.readouterr().err
+                       "--study_record", str(out)]) == 2
+    assert "needs every test case with both verifications; missing: colour-16px-b32," in capsys.readouterr().err
+    assert study.main(["--set", "test", "--only_records", "--no_verify", "--study_record", str(out)]) == 2
+    assert "both verifications; drop --no_verify" in capsys.readouterr().err
     assert not out.exists()
 
 
