@@ -43,6 +43,7 @@ SMOOTH_F = 0.05  # main.py's default --lr_smooth_f
 COARSE_STEP = 4.0
 FINE_STEP = 2.0
 MAX_EXTENSIONS = 3
+MAX_UNSTABLE = 3  # best rates given up because a seed collapsed there, at most
 NOISE_SEEDS = (1, 2)
 COLLAPSE_SHARE = 0.5  # a top-1 under half the best is a collapsed training
 VERIFY_BUDGET = 2.5  # the second --lr_verify run may cost this many sweeps (the default's bar)
@@ -142,6 +143,7 @@ class CaseResult:
     plateau: list = field(default_factory=list)
     plateau_bounds: list = field(default_factory=list)
     horizon: dict = field(default_factory=dict)  # lr -> top-1 at twice the epochs
+    unstable: dict = field(default_factory=dict)  # lr -> {seed: top-1}: a seed collapsed there
     sweep: dict = field(default_factory=dict)
     methods: dict = field(default_factory=dict)
     range: dict = field(default_factory=dict)
@@ -158,25 +160,40 @@ def suggestions_from_history(lrs, losses, optimizer: str) -> dict:
 
 
 def ground_truth(case: Case, runner: Runner, result: CaseResult) -> None:
-    result.grid = {lr: runner.train(case, lr, 0) for lr in case.grid}
-    for _ in range(MAX_EXTENSIONS + 4):
-        new = next_grid_rate(result.grid)
-        if new is None:
+    """The grid (seed 0), extended and refined around the best rate; the best rate again with the
+    noise seeds. A rate where one of those seeds collapses is not a rate to train at: it counts
+    at the mean of its seeds, and the best is chosen (and refined, and seeded) again."""
+    grid = {lr: runner.train(case, lr, 0) for lr in case.grid}
+    for attempt in range(MAX_UNSTABLE + 1):
+        for _ in range(MAX_EXTENSIONS + 4):
+            new = next_grid_rate(grid)
+            if new is None:
+                break
+            grid[float(f"{new:.6g}")] = runner.train(case, float(f"{new:.6g}"), 0)
+        best = max(grid, key=lambda r: (grid[r], -r))
+        seeds = {0: grid[best], **{s: runner.train(case, best, s) for s in NOISE_SEEDS}}
+        if not seed_collapsed(seeds):
             break
-        result.grid[float(f"{new:.6g}")] = runner.train(case, float(f"{new:.6g}"), 0)
-    result.grid = dict(sorted(result.grid.items()))
-    result.best_lr = max(result.grid, key=lambda r: (result.grid[r], -r))
-    result.best_top1 = result.grid[result.best_lr]
-    result.seeds = {0: result.best_top1, **{s: runner.train(case, result.best_lr, s) for s in NOISE_SEEDS}}
+        result.unstable[best] = seeds
+        if attempt == MAX_UNSTABLE:  # no stable best found: report the last one, marked unstable
+            break
+        grid[best] = round(sum(seeds.values()) / len(seeds), 2)
+    result.grid = dict(sorted(grid.items()))
+    result.best_lr, result.best_top1, result.seeds = best, grid[best], seeds
     result.noise = round(max(result.seeds.values()) - min(result.seeds.values()), 2)
     result.plateau = plateau(result.grid, result.best_top1, result.noise)
     result.plateau_bounds = list(plateau_bounds(result.grid, result.best_top1, result.noise))
-    result.cost["train_runs"] = len(result.grid) + len(NOISE_SEEDS)
+    result.cost["train_runs"] = len(result.grid) + len(NOISE_SEEDS) * (1 + len(result.unstable))
     if case.horizon_check:
         rates = sorted(result.grid)
         i = rates.index(result.best_lr)
         for lr in rates[max(0, i - 1):i + 2]:
             result.horizon[lr] = runner.train(case, lr, 0, epochs=2 * case.epochs)
+
+
+def seed_collapsed(seeds: dict[int, float]) -> bool:
+    """Whether one seed's top-1 fell under COLLAPSE_SHARE of the best seed's."""
+    return min(seeds.values()) < COLLAPSE_SHARE * max(seeds.values())
 
 
 def place_prodigy(top1: float, result: CaseResult) -> dict:

@@ -45,6 +45,30 @@ def test_the_grid_extends_past_an_edge_then_refines_to_x2_around_the_best():
     assert study.next_grid_rate({0.004: 50.0, 0.016: 30.0}) == pytest.approx(0.001)  # best at the low edge
 
 
+class FakeRunner:
+    """Top-1 per (rate, seed) from a table; records what was trained."""
+
+    def __init__(self, table):
+        self.table, self.trained = table, []
+
+    def train(self, case, lr, seed, epochs=None):
+        self.trained.append((lr, seed))
+        return self.table.get((lr, seed), self.table.get(lr))
+
+
+def test_a_best_rate_where_a_seed_collapses_is_given_up_for_a_stable_one():
+    case = study_cases.Case("fake", "fit", "digits", 16, 32, 10, grid=(0.004, 0.016, 0.064, 0.256))
+    table = {0.004: 63.5, 0.016: 73.8, 0.032: 85.0, 0.064: 92.5, 0.128: 81.6, 0.256: 95.5, 0.512: 62.4,
+             1.024: 10.0, (0.256, 1): 13.1, (0.256, 2): 10.3, (0.064, 1): 91.0, (0.064, 2): 90.5}
+    runner, result = FakeRunner(table), study.CaseResult(case={})
+    study.ground_truth(case, runner, result)
+    assert result.unstable == {0.256: {0: 95.5, 1: 13.1, 2: 10.3}}
+    assert result.grid[0.256] == pytest.approx(39.63, abs=0.01)  # the mean of its seeds
+    assert result.best_lr == 0.064 and result.seeds == {0: 92.5, 1: 91.0, 2: 90.5} and result.noise == 2.0
+    assert (0.032, 0) in runner.trained  # refined again around the new best
+    assert study.seed_collapsed({0: 95.5, 1: 13.1}) and not study.seed_collapsed({0: 62.5, 1: 55.5, 2: 56.0})
+
+
 def test_distribution_and_calibration_tables():
     stats = study.log_ratio_stats([0.5, -0.25, 0.1])
     assert stats == {"n": 3, "mean": pytest.approx(0.117, abs=1e-3), "sd": pytest.approx(0.306, abs=1e-3),
