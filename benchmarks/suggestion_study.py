@@ -74,6 +74,16 @@ def plateau_bounds(grid: dict[float, float], best: float, noise: float) -> tuple
     return low, high
 
 
+def collapsed(top1: float, best: float) -> bool:
+    """A training that reached under COLLAPSE_SHARE of the best top-1 collapsed."""
+    return top1 < COLLAPSE_SHARE * best
+
+
+def lost_within_noise(gap: float, noise: float) -> bool:
+    """Whether the top-1 lost against the best rate is no more than the case's seed noise."""
+    return gap <= noise
+
+
 def place(lr: float, grid: dict[float, float], noise: float) -> dict:
     """Where a suggested rate lands on the measured curve."""
     best_lr = max(grid, key=grid.get)
@@ -82,7 +92,7 @@ def place(lr: float, grid: dict[float, float], noise: float) -> dict:
     low, high = plateau_bounds(grid, best, noise)
     return {"lr": lr, "log10_best_over_reading": round(math.log10(best_lr / lr), 3), "top1": round(top1, 2),
             "gap": round(best - top1, 2), "extrapolated": extrapolated, "in_plateau": low <= lr <= high,
-            "collapsed": top1 < COLLAPSE_SHARE * best}
+            "collapsed": collapsed(top1, best)}
 
 
 def next_grid_rate(grid: dict[float, float]) -> float | None:
@@ -193,7 +203,7 @@ def ground_truth(case: Case, runner: Runner, result: CaseResult) -> None:
 
 def seed_collapsed(seeds: dict[int, float]) -> bool:
     """Whether one seed's top-1 fell under COLLAPSE_SHARE of the best seed's."""
-    return min(seeds.values()) < COLLAPSE_SHARE * max(seeds.values())
+    return collapsed(min(seeds.values()), max(seeds.values()))
 
 
 def place_prodigy(top1: float, result: CaseResult) -> dict:
@@ -298,7 +308,7 @@ def study_record(results: list[CaseResult], written: str) -> dict:
     verifications landed."""
     rows = [{"name": r.case["name"], "optimizer": r.case["optimizer"], "input_size": r.case["input_size"],
              "confidence": r.sweep["confidence"], "in_plateau": r.methods["auto"]["in_plateau"],
-             "within_noise": r.methods["auto"]["gap"] <= r.noise, "range_covers_best": bool(r.range["covers_best"]),
+             "within_noise": lost_within_noise(r.methods["auto"]["gap"], r.noise), "range_covers_best": bool(r.range["covers_best"]),
              "verify_10_in_plateau": r.methods["lr_verify"]["in_plateau"],
              "verify_2_5_sweeps_in_plateau": r.methods["lr_verify_budget"]["in_plateau"]}
             for r in results if r.case["role"] == "test"]
@@ -311,7 +321,7 @@ def gap_stats(rows: list[tuple[float, float]]) -> dict:
     if not rows:
         return {}
     return {"median_gap": round(float(np.median([gap for gap, _ in rows])), 2),
-            "within_noise": sum(gap <= noise for gap, noise in rows)}
+            "within_noise": sum(lost_within_noise(gap, noise) for gap, noise in rows)}
 
 
 def mean_cost(results: list[CaseResult], method: str) -> dict:
