@@ -20,8 +20,8 @@ from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, a
     find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, trusted_readings
 from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
-from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset, \
-    to_model_input
+from images import to_model_input
+from preprocess import balanced_subset, build_datasets, build_loader, EpochSampler, hold_out, MAX_BAD_FRACTION, subset
 from recipes import rate_settings, recipe_lr
 from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log, study_line
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model

@@ -6,7 +6,7 @@ math as pure functions over (lrs, losses), and the plot.
     sweep = finder.sweep(train_loader, start_lr=1e-7, end_lr=10, num_iter=1000)
     suggestions = suggest_all(sweep.lrs, sweep.raw_losses, smooth_f=0.05)
 
-(``to_model_input`` is preprocess.py's; any other model takes ``RangeTest`` as it takes ``LRFinder``.)
+(``to_model_input`` is images.py's; any other model takes ``RangeTest`` as it takes ``LRFinder``.)
 """
 
 import contextlib

@@ -59,3 +59,11 @@ def count_samples(path: Path) -> int:
     except (OSError, tarfile.TarError) as exc:
         raise UserInputError(f"{path}: not a readable tar shard ({exc}); re-download or re-write it") from None
     return len(keys)
+
+
+def holds_shards(root: Path) -> bool:
+    """True when ``root`` holds shards (by their names); an empty ``root`` is an error naming both layouts."""
+    if not any(root.iterdir()):
+        raise UserInputError(f"--data_dir {root}: the folder is empty; put train/ and val/ class folders there, "
+                             "or WebDataset shards named like imagenet1k-train-0000.tar")
+    return bool(shard_files(root))

@@ -4,7 +4,7 @@
 index, with an optional ``_info.json`` giving the shard sizes and the class names.
 
 Read with ``webdataset``; decoded and augmented by the same OpenCV + albumentations code as a
-class-folder tree (``preprocess.decode_rgb_bytes`` and the same transforms). Each rank, then each
+class-folder tree (``images.decode_rgb_bytes`` and the same transforms). Each rank, then each
 DataLoader worker, reads its own shards through a shuffle buffer; every rank takes the same
 number of steps per epoch, counted from the shard sizes.
 
@@ -24,7 +24,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from errors import UserInputError
-from preprocess import BadImageError, decode_rgb_bytes
+from images import BadImageError, decode_rgb_bytes
 from shard_layout import SHARD_NAME, count_samples, read_info, shard_files
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -44,14 +44,6 @@ class Shards:
     @property
     def total(self) -> int:
         return sum(self.sizes)
-
-
-def holds_shards(root: Path) -> bool:
-    """True when ``root`` holds shards (by their names); an empty ``root`` is an error naming both layouts."""
-    if not any(root.iterdir()):
-        raise UserInputError(f"--data_dir {root}: the folder is empty; put train/ and val/ class folders there, "
-                             "or WebDataset shards named like imagenet1k-train-0000.tar")
-    return bool(shard_files(root))
 
 
 def split_shards(files: list[Path], split_info: dict | None) -> Shards:
@@ -152,7 +144,7 @@ def batches_skipped(counts: list[int], skip: int) -> list[int]:
 
 
 class ShardImages(IterableDataset):
-    """Items ``(uint8 HWC tensor, label, bad_sample)`` as ``preprocess.AugmentedImages`` gives:
+    """Items ``(uint8 HWC tensor, label, bad_sample)`` as ``image_folder.AugmentedImages`` gives:
     ``bad_sample`` is the id of the sample's own image when it could not be decoded (the next
     readable one took its place), else -1, so each bad image counts once."""
 

@@ -24,7 +24,8 @@ from checkpoint import config_differences, load_checkpoint, restore_rng_state, r
     save_checkpoint
 from errors import UserInputError
 from model_resnet50 import create_model
-from preprocess import EpochSampler, build_datasets, build_loader, to_model_input
+from images import to_model_input
+from preprocess import build_datasets, build_loader, EpochSampler
 from recipes import rate_settings, setting_differences
 from report import atomic_savefig, atomic_write_json, atomic_write_text
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_model

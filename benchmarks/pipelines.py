@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
-from preprocess import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, FolderImages, build_train_transform, \
-    resize_size, scan_image_folder
+from image_folder import FolderImages, scan_image_folder
+from images import build_train_transform, IMAGENET_MEAN, IMAGENET_STD, resize_size
+from preprocess import EpochSampler
 
 
 def torchvision_train_transform(input_size: int) -> transforms.Compose:

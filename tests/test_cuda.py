@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lr_finder import RangeTest
 from model_resnet50 import create_model
-from preprocess import IMAGENET_MEAN, IMAGENET_STD, build_loader, to_model_input
+from images import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+from preprocess import build_loader
 from runtime import select_precision
 
 pytestmark = [pytest.mark.cuda,

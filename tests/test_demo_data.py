@@ -1,5 +1,5 @@
 from demo_data import ensure_digits_imagefolder, write_digits_imagefolder
-from preprocess import decode_rgb
+from images import decode_rgb
 
 
 def test_digits_become_an_imagefolder_with_a_stratified_split(tmp_path):

@@ -13,7 +13,8 @@ from conftest import make_image_folder
 from errors import UserInputError
 from imagenet_fixtures import (VAL_NAMES, VAL_WNIDS, WNIDS, write_devkit_dir, write_devkit_tar, write_flat_tree,
                                write_kaggle_csv, write_meta_mat)
-from preprocess import build_datasets, scan_image_folder
+from image_folder import scan_image_folder
+from preprocess import build_datasets
 
 EXPECTED_VAL = [WNIDS.index(w) for w in VAL_WNIDS]  # sorted-wnid indices, not ILSVRC2012_IDs
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lr_finder import RangeTest
-from preprocess import to_model_input
+from images import to_model_input
 
 
 class Tiny(nn.Module):
