@@ -11,18 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomic_io import atomic_write
 from errors import UserInputError
-from report import atomic_write
-
-# Flags that shape the model, the data or the schedule: a resumed run must match them.
-RESUME_KEYS = ("dataset", "input_size", "num_classes", "batch_size", "world_size", "max_samples", "seed",
-               "optimizer", "lr", "momentum", "weight_decay", "scheduler", "epochs", "warmup_epochs",
-               "step_size", "gamma", "precision", "channels_last", "use_pretrained", "nesterov",
-               "norm_weight_decay", "bias_weight_decay", "label_smoothing", "mixup_alpha", "cutmix_alpha",
-               "clip_grad_norm", "model_ema", "model_ema_decay")
-# What a checkpoint written before these flags existed was trained with.
-BEFORE_RECIPES = {"nesterov": False, "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-                  "clip_grad_norm": None, "model_ema": False}
+from settings import RESUME_SETTINGS
 
 
 def rng_state() -> dict:
@@ -71,20 +62,12 @@ def resume_path(resume: str | None, output_dir: str) -> Path | None:
     return Path(resume)
 
 
-def saved_setting(saved: dict, key: str):
-    if key in saved:
-        return saved[key]
-    if key in ("norm_weight_decay", "bias_weight_decay"):
-        return saved.get("weight_decay")
-    return BEFORE_RECIPES.get(key)
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
     """The settings in which a checkpoint's run and this one differ (the EMA decay only when both
     average)."""
     differences = []
-    for k in RESUME_KEYS:
-        before, now = saved_setting(saved, k), current.get(k)
+    for k in RESUME_SETTINGS:
+        before, now = saved.get(k), current.get(k)
         if k == "model_ema_decay" and not (saved.get("model_ema") and current.get("model_ema")):
             continue
         if before != now:

@@ -15,16 +15,33 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+from atomic_io import atomic_write_json, atomic_write_text
 from errors import UserInputError
-from lr_finder import AUTO, Evidence, RangeTest, SuggestionError, amp_options, analyse, auto_method, confidence, \
-    find_landmarks, plot_sweep, smooth, spread_decades, suggest_all, suggested_range, trusted_readings
+from images import to_model_input
+from lr_finder import (
+    AUTO,
+    Evidence,
+    RangeTest,
+    SuggestionError,
+    amp_options,
+    analyse,
+    auto_method,
+    confidence,
+    find_landmarks,
+    plot_sweep,
+    smooth,
+    spread_decades,
+    suggest_all,
+    suggested_range,
+    trusted_readings,
+)
 from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
-from images import to_model_input
-from preprocess import balanced_subset, build_datasets, build_loader, EpochSampler, hold_out, MAX_BAD_FRACTION, subset
-from recipes import rate_settings, recipe_lr
-from report import atomic_write_json, atomic_write_text, history_csv, json_safe, render_log, study_line
+from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
+from recipes import recipe_lr
+from report import history_csv, json_safe, render_log, study_line
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
+from settings import rate_settings
 from train import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -206,12 +223,12 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
                                     pretrained=args.use_pretrained, weights_path=args.pretrained_path,
-                                    class_names=train_ds.classes),
+                                    class_names=train_ds.classes, arch=args.arch),
                        dist, args.sync_bn, args.compile)
     # The loss and optimizer training will use (label smoothing, MixUp/CutMix, decay split, clipping).
     criterion = loss_from_args(args, num_classes)
     optimizer = optimizer_from_args(model, args, args.lr_start)
-    say(f"Range test: {args.dataset}, {len(train_ds)} training images in {num_classes} classes, "
+    say(f"Range test: {args.dataset}, {args.arch}, {len(train_ds)} training images in {num_classes} classes, "
         f"batch {args.batch_size} x {dist.world_size} process(es) = {global_batch}, {num_iter} steps "
         f"from {args.lr_start:g} to {args.lr_end:g} ({args.lr_step_mode})")
     say(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
@@ -357,7 +374,7 @@ def write_results(args, paths: dict, sweep, result: dict) -> None:
     """History, plot, JSON and log; each written atomically."""
     atomic_write_text(paths["history_file"], history_csv(
         sweep.lrs, sweep.raw_losses, smooth(sweep.raw_losses, args.lr_smooth_f), sweep.val_losses))
-    title = (f"LR range test: {data_name(args.dataset, args.data_dir)}, batch {result['global_batch_size']}, "
+    title = (f"LR range test: {data_name(args.dataset, args.data_dir)}, {args.arch}, batch {result['global_batch_size']}, "
              f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
     if result.get("study_record"):
         title += f"\n{study_line(result['study_record'])}"

@@ -614,7 +614,7 @@ def plot_sweep(path: str, sweep: Sweep, suggestions: dict[str, float], chosen: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from report import atomic_savefig
+    from atomic_io import atomic_savefig
 
     if verification:
         fig, (ax, ax_verify) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})

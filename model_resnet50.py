@@ -15,7 +15,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
-from torchvision.models import resnet50
+from torchvision.models import get_model, resnet50
 
 from errors import UserInputError
 from input_size import is_small_input
@@ -35,17 +35,41 @@ def build_resnet50(num_classes: int = 1000, input_size: int = 224, zero_init_res
     return model
 
 
+DEFAULT_ARCH = "resnet50"
+RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
+
+
+def build_model(arch: str = DEFAULT_ARCH, num_classes: int = 1000, input_size: int = 224) -> nn.Module:
+    """A freshly initialised torchvision classifier by name (``torchvision.models.get_model``):
+    ``resnet50`` is ResNet-50 v1.5 as above; the other ResNets also start each block as the
+    identity and take the small-input stem at small sizes. An unknown name is a one-line error."""
+    if arch == DEFAULT_ARCH:
+        return build_resnet50(num_classes, input_size)
+    resnet = arch.startswith(RESNET_FAMILY)
+    try:
+        model = get_model(arch, weights=None, num_classes=num_classes, **({"zero_init_residual": True} if resnet else {}))
+    except (ValueError, KeyError):
+        raise UserInputError(f"--arch {arch}: not a torchvision classification model; "
+                             "try resnet50, resnet18, mobilenet_v3_small, ... (torchvision.models.list_models())") from None
+    if resnet and is_small_input(input_size):
+        width = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    return model
+
+
 def create_model(num_classes: int, input_size: int, device: torch.device, channels_last: bool = True,
-                 pretrained: bool = False, weights_path=None, class_names=None) -> nn.Module:
+                 pretrained: bool = False, weights_path=None, class_names=None, arch: str = DEFAULT_ARCH) -> nn.Module:
     """The model on ``device`` in the memory format the input pipeline delivers; with
-    ``pretrained``, warns when ``class_names`` do not fit a kept ImageNet head."""
+    ``pretrained`` (ResNet-50 only), warns when ``class_names`` do not fit a kept ImageNet head."""
     if pretrained:
         model = load_pretrained_resnet50(torch.device("cpu"), num_classes, input_size, weights_path)
         warning = check_class_order(class_names or [], num_classes) if class_names is not None else None
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     else:
-        model = build_resnet50(num_classes, input_size)
+        model = build_model(arch, num_classes, input_size)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device=device, memory_format=memory_format)
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cli import DefaultsOnceFormatter, OneLineErrorParser
 from errors import EXIT_USAGE, UserInputError
 from imagenet_labels import find_labels_file, label_val_files, read_val_labels
-from main import DefaultsOnceFormatter, OneLineErrorParser
 from shard_layout import SHARD_SIZE
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"

@@ -22,8 +22,15 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from errors import UserInputError
-from image_folder import AugmentedImages, ArrayImages, FolderImages, check_same_classes, has_class_folders, \
-    scan_flat_val, scan_image_folder
+from image_folder import (
+    ArrayImages,
+    AugmentedImages,
+    FolderImages,
+    check_same_classes,
+    has_class_folders,
+    scan_flat_val,
+    scan_image_folder,
+)
 from images import build_train_transform, build_val_transform
 from shard_layout import holds_shards
 
@@ -155,9 +162,20 @@ class EpochSampler(Sampler):
         return len(self._positions()) - self.start
 
 
-def default_num_workers(requested: int) -> int:
-    """``requested`` capped at the CPUs this process may use."""
-    return max(0, min(requested, len(os.sched_getaffinity(0))))
+CPU_WORKERS = 4  # on the CPU the model step needs the cores too
+
+
+def default_num_workers(requested: int | None, device: torch.device) -> int:
+    """``requested`` capped at the CPUs this process may use; None picks: on CUDA every CPU but one,
+    shared among this machine's processes under torchrun (a GPU starves on a few workers: one
+    H100 trains ResNet-50 faster than 4 cores decode JPEGs), on the CPU at most CPU_WORKERS."""
+    cpus = len(os.sched_getaffinity(0))
+    if requested is None:
+        if device.type != "cuda":
+            return min(CPU_WORKERS, cpus)
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(1, (cpus - 1) // per_machine)
+    return max(0, min(requested, cpus))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -165,11 +183,11 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.reseed(info.seed % 2**32)
 
 
-def build_loader(dataset: AugmentedImages, batch_size: int, train: bool, num_workers: int,
+def build_loader(dataset: AugmentedImages, batch_size: int, train: bool, num_workers: int | None,
                  device: torch.device, seed: int = 0, sampler=None) -> DataLoader:
     """Shuffled, drop_last loader for training; ordered, complete loader for evaluation."""
     if not isinstance(dataset, AugmentedImages):  # shards.ShardImages makes its own loader
-        return dataset.shard_loader(batch_size, train, default_num_workers(num_workers), device, sampler)
+        return dataset.shard_loader(batch_size, train, default_num_workers(num_workers, device), device, sampler)
     available = len(sampler) if sampler is not None else len(dataset)
     if train and batch_size > available:
         per_process = " per process" if getattr(sampler, "world_size", 1) > 1 else ""
@@ -177,7 +195,7 @@ def build_loader(dataset: AugmentedImages, batch_size: int, train: bool, num_wor
             f"--batch_size {batch_size} is larger than the {available} training images{per_process} "
             "(after --max_samples); lower --batch_size or use more data"
         )
-    workers = default_num_workers(num_workers)
+    workers = default_num_workers(num_workers, device)
     return DataLoader(
         dataset,
         batch_size=batch_size,

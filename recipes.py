@@ -1,10 +1,12 @@
 """Named training recipes for ResNet-50 v1.5: each one is data, a set of flag values that
-``main.py`` applies once, under the command line (a flag given explicitly wins). Where each
+``cli.py`` layers under the command line (a flag given explicitly wins). Where each
 value comes from, and what could not be taken from its source: docs/recipes.md.
 
     uv run python main.py --find_lr --recipe nvidia --data_dir ./data
     uv run python main.py --recipe nvidia --lr_from ./outputs/suggested_lr.json --data_dir ./data
 """
+
+from settings import RATE_SETTINGS
 
 # None for --norm_weight_decay / --bias_weight_decay: the same as --weight_decay.
 RECIPES = {
@@ -28,12 +30,6 @@ RECIPES = {
     },
 }
 
-# The settings that move the rate a range test finds: recorded with every sweep, and compared by
-# --lr_from with the training's.
-RATE_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "norm_weight_decay", "bias_weight_decay",
-                 "label_smoothing", "mixup_alpha", "cutmix_alpha", "clip_grad_norm")
-
-
 def describe_recipes() -> str:
     """What each recipe sets, for --help."""
     def show(flag, value):
@@ -43,53 +39,6 @@ def describe_recipes() -> str:
 
     return "; ".join(f"{name}: " + ", ".join(f"{flag} {show(flag, value)}" for flag, value in recipe["flags"].items())
                      for name, recipe in RECIPES.items())
-
-
-def check_values(args) -> None:
-    """The recipe flags' ranges; ValueError with a one-line message naming the flag."""
-    if not 0 <= args.label_smoothing < 1:
-        raise ValueError(f"--label_smoothing {args.label_smoothing:g} must be in [0, 1)")
-    for name in ("mixup_alpha", "cutmix_alpha", "weight_decay", "norm_weight_decay", "bias_weight_decay"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise ValueError(f"--{name} {value:g} must be 0 or more")
-    if not 0 < args.model_ema_decay < 1:
-        raise ValueError(f"--model_ema_decay {args.model_ema_decay:g} must be in (0, 1), e.g. 0.9999")
-    if args.clip_grad_norm is not None and not args.clip_grad_norm > 0:
-        raise ValueError(f"--clip_grad_norm {args.clip_grad_norm:g} must be positive")
-    if args.nesterov and args.optimizer != "sgd":
-        raise ValueError(f"--nesterov applies to SGD, not --optimizer {args.optimizer}")
-    if args.nesterov and not args.momentum > 0:
-        raise ValueError(f"--nesterov needs a positive --momentum, not {args.momentum:g}")
-
-
-def resolve_recipe(args, given: set[str]) -> None:
-    """Apply ``args.recipe`` to the flags not ``given`` on the command line, record what it set in
-    ``args.recipe_settings``, check the values and fill in the decays that follow --weight_decay.
-    Raises ValueError (one line) for a bad value."""
-    applied = {}
-    if args.recipe:
-        for name, value in RECIPES[args.recipe]["flags"].items():
-            if name not in given:
-                setattr(args, name, value)
-                applied[name] = value
-    args.recipe_settings = applied
-    check_values(args)
-    if "model_ema_decay" in given and not args.model_ema:
-        raise ValueError("--model_ema_decay goes with --model_ema")
-    warmup = applied.get("warmup_epochs")
-    if warmup and (args.scheduler == "onecycle" or warmup >= args.epochs):
-        why = "--scheduler onecycle" if args.scheduler == "onecycle" else f"--epochs {args.epochs}"
-        raise ValueError(f"--recipe {args.recipe} sets --warmup_epochs {warmup}, which does not fit {why}: "
-                         "pass --warmup_epochs 0 (or a shorter warm-up)")
-    for name in ("norm_weight_decay", "bias_weight_decay"):
-        if getattr(args, name) is None:
-            setattr(args, name, args.weight_decay)
-
-
-def rate_settings(args) -> dict:
-    """The settings of ``args`` that move the rate (RATE_SETTINGS), for the finder's JSON."""
-    return {name: getattr(args, name) for name in RATE_SETTINGS}
 
 
 def recipe_lr(recipe: str | None, global_batch: int) -> float | None:

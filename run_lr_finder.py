@@ -20,10 +20,10 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from atomic_io import atomic_write_json, atomic_write_text
+from cli import DefaultsOnceFormatter, OneLineErrorParser, get_args_parser, parse_layered, validate_args
 from errors import EXIT_USAGE
-from main import DEMO_SETTINGS, DefaultsOnceFormatter, OneLineErrorParser, get_args_parser, given_dests, validate_args
-from recipes import check_values
-from report import atomic_write_json, atomic_write_text, render_log
+from report import render_log
 
 MAIN = str(Path(__file__).resolve().with_name("main.py"))
 # Set by this script itself, so not forwarded from the user's flags.
@@ -41,15 +41,16 @@ def get_runner_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def forwarded_argv(args: argparse.Namespace, given: set[str] = frozenset()) -> list[str]:
-    """The user's main.py flags that differ from main.py's defaults or were ``given`` explicitly
-    (so ``--demo --optimizer sgd`` keeps SGD), as command-line words."""
+def forwarded_argv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The user's main.py flags whose values differ from ``parser``'s defaults as ``--demo`` and
+    ``--recipe`` layer them (so ``--demo --optimizer sgd`` keeps SGD), as command-line words: the
+    child layers the same defaults under them."""
     words = []
     for action in get_args_parser(add_help=False)._actions:
         if action.dest in NOT_FORWARDED or not action.option_strings:
             continue
         value = getattr(args, action.dest)
-        if value is None or (value == action.default and action.dest not in given):
+        if value is None or value == parser.get_default(action.dest):
             continue
         flag = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
@@ -93,8 +94,11 @@ def run_child(command: list[str]) -> tuple[int, str, str]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    decode = lambda parts: collapse_carriage_returns(b"".join(parts).decode("utf-8", "replace"))
-    return code, decode(transcript), decode(errors)
+    return code, decode_output(transcript), decode_output(errors)
+
+
+def decode_output(parts: list[bytes]) -> str:
+    return collapse_carriage_returns(b"".join(parts).decode("utf-8", "replace"))
 
 
 def last_error_line(stderr: str, code: int) -> str:
@@ -124,22 +128,18 @@ def logged_config(result: dict, args: argparse.Namespace) -> dict:
                       "these are the flags as the runner parsed them", **dict(sorted(vars(args).items()))}
 
 
-def parse_runner_args(argv=None) -> tuple[argparse.Namespace, set[str]]:
-    """The runner's flags, checked as main.py checks them (one line and exit 2 if wrong), and
-    the destinations the command line set."""
+def parse_runner_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """The runner's flags, layered and checked as main.py checks them (one line and exit 2 if
+    wrong), and the parser holding the layered defaults."""
     parser = get_runner_parser()
-    args = parser.parse_args(argv)
-    try:
-        check_values(args)  # the recipe flags' ranges, as main.py checks them
-    except ValueError as exc:
-        parser.error(str(exc))
+    args = parse_layered(parser, argv)
     validate_args(args, parser)
-    return args, given_dests(parser, argv)
+    return args, parser
 
 
 def main(argv=None) -> int:
-    args, given = parse_runner_args(argv)
-    dataset = DEMO_SETTINGS["dataset"] if args.demo and "dataset" not in given else args.dataset
+    args, parser = parse_runner_args(argv)
+    dataset = args.dataset
     out = Path(args.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         print(f"error: --output_dir {out}: cannot create it ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
     plot, log, json_path = out / f"lr_finder_{dataset}.png", out / "lr_finder_log.txt", out / "suggested_lr.json"
-    command = [sys.executable, MAIN, "--find_lr", *forwarded_argv(args, given), "--lr_plot", str(plot)]
+    command = [sys.executable, MAIN, "--find_lr", *forwarded_argv(args, parser), "--lr_plot", str(plot)]
     print(f"Running: {shlex.join(command)}", flush=True)
 
     started = datetime.now().timestamp()

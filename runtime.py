@@ -39,7 +39,7 @@ def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
 def select_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """Resolve ``--precision`` to one of fp32/bf16/fp16 and say why it was chosen."""
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 is slower than fp16
         if requested == "auto":
             return ("bf16", "CUDA device supports bf16") if bf16_ok else (
                 "fp16", "CUDA device without bf16: fp16 with a GradScaler")
@@ -117,6 +117,8 @@ def init_distributed(no_cuda: bool) -> Distributed:
     """Join the torchrun process group if this process was started by torchrun: NCCL with one
     GPU per process, gloo on the CPU. Ranks other than 0 keep their progress bars quiet."""
     device = select_device(no_cuda)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # batches keep one shape: pick the fastest convolutions once
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed(device=device)

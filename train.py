@@ -20,15 +20,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from checkpoint import config_differences, load_checkpoint, restore_rng_state, resume_path, rng_state, \
-    save_checkpoint
+from atomic_io import atomic_savefig, atomic_write_json, atomic_write_text
+from checkpoint import config_differences, load_checkpoint, restore_rng_state, resume_path, rng_state, save_checkpoint
 from errors import UserInputError
-from model_resnet50 import create_model
 from images import to_model_input
-from preprocess import build_datasets, build_loader, EpochSampler
-from recipes import rate_settings, setting_differences
-from report import atomic_savefig, atomic_write_json, atomic_write_text
+from model_resnet50 import create_model
+from preprocess import EpochSampler, build_datasets, build_loader
+from recipes import setting_differences
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_model
+from settings import rate_settings
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
                  "epoch_time_s", "images_per_second"]
@@ -293,7 +293,7 @@ def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool,
                  settings: dict | None = None) -> tuple[float, dict]:
     """The training rate taken from a finder JSON, scaled to this run's global batch unless
     ``no_scaling``; also what was done, for config.json, with a warning per rate-moving setting in
-    which the sweep differs from the training's ``settings`` (recipes.RATE_SETTINGS)."""
+    which the sweep differs from the training's ``settings`` (settings.RATE_SETTINGS)."""
     record = read_lr_from(path)
     found, from_batch = float(record["suggested_lr"]), record.get("global_batch_size") or record.get("batch_size")
     if not isinstance(from_batch, int) or from_batch < 1 or no_scaling:
@@ -409,7 +409,7 @@ def run_training(args, dist: Distributed) -> int:
 
     model = wrap_model(create_model(num_classes, args.input_size, device, channels_last,
                                     pretrained=args.use_pretrained, weights_path=args.pretrained_path,
-                                    class_names=train_ds.classes),
+                                    class_names=train_ds.classes, arch=args.arch),
                        dist, args.sync_bn, args.compile)
     criterion = loss_from_args(args, num_classes)
     optimizer = optimizer_from_args(model, args, args.lr)

@@ -16,7 +16,7 @@ import torch
 from torchvision import datasets, transforms
 
 from image_folder import FolderImages, scan_image_folder
-from images import build_train_transform, IMAGENET_MEAN, IMAGENET_STD, resize_size
+from images import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, resize_size
 from preprocess import EpochSampler
 
 

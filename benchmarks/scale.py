@@ -12,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
 from jpegs import write_jpeg_folder
+from torch.utils.data import DataLoader, Dataset
 
 SCALE_CLASSES = 1000
 SCALE_PER_CLASS = 1281

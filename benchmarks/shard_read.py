@@ -16,7 +16,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from preprocess import build_datasets, build_loader, EpochSampler  # noqa: E402
+from preprocess import EpochSampler, build_datasets, build_loader  # noqa: E402
 from shard_writer import ImageList, list_class_folders, write_shards  # noqa: E402
 
 

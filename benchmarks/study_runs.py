@@ -49,8 +49,9 @@ PRODIGY = "<prodigy>"  # marks a run whose optimizer is Prodigy (a study-only ba
 @contextlib.contextmanager
 def prodigy_optimizer():
     """Training builds Prodigy (prodigyopt, its defaults) wherever it would build its optimizer."""
-    import train
     from prodigyopt import Prodigy
+
+    import train
 
     def build(model, *args, **kwargs):
         print("Optimizer: Prodigy at its defaults (lr 1), replacing the command line's", flush=True)

@@ -33,11 +33,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
-
 from study_cases import ALL_CASES, FIT_CASES, QUICK_CASES, TEST_CASES, Case  # noqa: E402
 from study_runs import Runner  # noqa: E402
 
-from report import atomic_write_json  # noqa: E402
+from atomic_io import atomic_write_json  # noqa: E402
 
 SMOOTH_F = 0.05  # main.py's default --lr_smooth_f
 COARSE_STEP = 4.0

@@ -66,8 +66,9 @@ def test_an_unreadable_file_met_by_both_ranks_counts_once(tmp_path):
     """120 images and one text file named .JPEG; the data order changes every pass, and the seed is
     one whose first two passes give the bad file to each rank in turn: both ranks meet it (each
     warns once), and the JSON counts 1 unreadable file, not 2."""
-    from conftest import make_image_folder
     from preprocess import EpochSampler
+
+    from conftest import make_image_folder
 
     data = make_image_folder(tmp_path / "data", per_class=40, val_per_class=0, size=16)
     (data / "train" / "cat" / "cat_zz_text.JPEG").write_text("not an image")  # position 40 of 121

@@ -10,12 +10,13 @@ import shlex
 
 import pytest
 
-import main
+import cli
 import prepare_imagenet
 import run_lr_finder
+
 from conftest import REPO
 
-PARSERS = {"main.py": main.get_args_parser, "run_lr_finder.py": run_lr_finder.get_runner_parser,
+PARSERS = {"main.py": cli.get_args_parser, "run_lr_finder.py": run_lr_finder.get_runner_parser,
            "prepare_imagenet.py": prepare_imagenet.get_args_parser}
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -75,7 +76,7 @@ def test_documented_command_parses(doc, script, argv, line, after):
             args, unknown = parser.parse_known_args(argv)
             assert unknown == [], (doc, line, unknown)
             if script != "prepare_imagenet.py":
-                main.validate_args(args, parser)
+                cli.validate_args(cli.parse_layered(parser, argv), parser)
     except SystemExit:
         shown = after if line.startswith("$ ") else None
         assert shown is not None and err.getvalue().strip() == shown.strip(), (doc, line, err.getvalue())

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from report import atomic_write_json, atomic_write_text, current_umask
+from atomic_io import atomic_write_json, atomic_write_text, current_umask
 
 
 def mode(path) -> int:

@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from conftest import FAST, REPO, run_cli
 from report import study_line
+
+from conftest import FAST, REPO, run_cli
 
 SPEC_FIELDS = {"suggested_lr", "dataset", "batch_size", "lr_finder_epochs", "plot_file", "log_file", "timestamp"}
 OUR_FIELDS = {"success", "lr_start", "lr_end", "lr_iter", "steps_run", "diverged", "device", "seed", "study_record"}

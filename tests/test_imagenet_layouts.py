@@ -6,15 +6,23 @@ import os
 
 import numpy as np
 import pytest
-import torch
+from imagenet_fixtures import (
+    VAL_NAMES,
+    VAL_WNIDS,
+    WNIDS,
+    write_devkit_dir,
+    write_devkit_tar,
+    write_flat_tree,
+    write_kaggle_csv,
+    write_meta_mat,
+)
 from torch.utils.data import DataLoader
 
-from conftest import make_image_folder
 from errors import UserInputError
-from imagenet_fixtures import (VAL_NAMES, VAL_WNIDS, WNIDS, write_devkit_dir, write_devkit_tar, write_flat_tree,
-                               write_kaggle_csv, write_meta_mat)
 from image_folder import scan_image_folder
 from preprocess import build_datasets
+
+from conftest import make_image_folder
 
 EXPECTED_VAL = [WNIDS.index(w) for w in VAL_WNIDS]  # sorted-wnid indices, not ILSVRC2012_IDs
 
@@ -201,7 +209,7 @@ def test_each_unreadable_file_counts_once(tmp_path, capsys):
 
 
 def test_help_documents_val_labels_and_rescan():
-    from main import get_args_parser
+    from cli import get_args_parser
 
     text = " ".join(get_args_parser().format_help().split())
     assert "--val_labels PATH labels of a flat val/: ILSVRC2012_devkit_t12.tar.gz" in text
@@ -209,7 +217,7 @@ def test_help_documents_val_labels_and_rescan():
 
 
 def test_missing_val_labels_file_is_a_one_line_usage_error(tmp_path, capsys):
-    from main import parse_args
+    from cli import parse_args
 
     with pytest.raises(SystemExit) as caught:
         parse_args(["--find_lr", "--val_labels", str(tmp_path / "nope.csv")])

@@ -8,10 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FAST, make_image_folder, run_cli
 from lr_finder import Evidence, auto_method, confidence, spread_decades, trusted_readings
-from lr_verify import (Trial, best_trial, better_half, candidate_rates, clearly_better, halving_rounds, judge, outcome,
-                       trial_schedule, verify_rates)
+from lr_verify import (
+    Trial,
+    best_trial,
+    better_half,
+    candidate_rates,
+    clearly_better,
+    halving_rounds,
+    judge,
+    outcome,
+    trial_schedule,
+    verify_rates,
+)
+
+from conftest import FAST, make_image_folder, run_cli
 
 CPU = torch.device("cpu")
 

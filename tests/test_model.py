@@ -3,6 +3,8 @@ from torch import nn
 
 from model_resnet50 import build_resnet50, count_parameters
 
+from conftest import REPO
+
 
 def test_imagenet_resnet50_has_the_reference_parameter_count():
     assert count_parameters(build_resnet50(1000, 224)) == 25_557_032
@@ -40,3 +42,25 @@ def test_summary_flag_prints_torchsummary_table(capsys):
     assert main.main(["--summary", "--no_cuda"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 25,557,032" in out and "Conv2d-1" in out
+
+
+def test_arch_builds_other_torchvision_models_with_the_small_input_stem_for_resnets():
+    from model_resnet50 import build_model
+
+    small = build_model("resnet18", num_classes=10, input_size=32)
+    assert (small.conv1.kernel_size, small.conv1.stride, type(small.maxpool).__name__) == ((3, 3), (1, 1), "Identity")
+    assert count_parameters(small) == 11_173_962  # ResNet-18, 10 classes, 3x3 stem (64*3*3*3 weights)
+    assert count_parameters(build_model("resnet18", num_classes=10, input_size=224)) == 11_181_642  # 7x7 stem
+    mobile = build_model("mobilenet_v3_small", num_classes=10, input_size=32)
+    assert mobile.classifier[-1].out_features == 10
+
+
+def test_an_unknown_arch_is_a_one_line_error_with_exit_2():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "main.py", "--find_lr", "--arch", "resnet51"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("main.py: error: --arch resnet51: not a torchvision classification model "
+                                   "(e.g. resnet50, resnet18, mobilenet_v3_small) (see --help)")

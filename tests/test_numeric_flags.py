@@ -8,13 +8,15 @@ import json
 import math
 
 import pytest
-import main
+
+import cli
 import run_lr_finder
+
 from conftest import FAST, run_cli
 
 # (parse + validate as the script does, the words every command line starts with)
 ENTRY_POINTS = {
-    "main.py": (main.get_args_parser, lambda argv: main.parse_args(argv), ["--find_lr"]),
+    "main.py": (cli.get_args_parser, lambda argv: cli.parse_args(argv), ["--find_lr"]),
     "run_lr_finder.py": (run_lr_finder.get_runner_parser, lambda argv: run_lr_finder.parse_runner_args(argv)[0], []),
 }
 NON_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400"]

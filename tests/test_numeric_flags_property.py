@@ -6,7 +6,6 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is in the dev dependencies: uv sync")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from test_numeric_flags import CASES, EDGES, NON_FINITE, check  # noqa: E402
 
 

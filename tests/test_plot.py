@@ -5,8 +5,9 @@ import pytest
 
 import find_lr
 import main
-from conftest import FAST, make_image_folder
 from lr_finder import loss_ylim, smooth
+
+from conftest import FAST, make_image_folder
 
 
 def test_the_lowest_raw_point_stays_above_the_lower_limit():

@@ -4,11 +4,20 @@ with a flat val/, Kaggle's tree; checked file by file; a killed run resumed."""
 import os
 
 import pytest
+from imagenet_fixtures import (
+    VAL_NAMES,
+    VAL_WNIDS,
+    WNIDS,
+    train_files,
+    val_files,
+    write_flat_tree,
+    write_kaggle_csv,
+    write_official_archives,
+)
+
+from prepare_imagenet import PARTIAL, main, prepare
 
 from conftest import run_cli
-from imagenet_fixtures import (VAL_NAMES, VAL_WNIDS, WNIDS, train_files, val_files, write_flat_tree,
-                               write_kaggle_csv, write_official_archives)
-from prepare_imagenet import PARTIAL, main, prepare
 
 
 def expected_tree() -> dict[str, bytes]:

@@ -6,10 +6,20 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
 from errors import UserInputError
-from images import BadImageError, build_train_transform, build_val_transform, decode_rgb, IMAGENET_MEAN, IMAGENET_STD, resize_size, to_model_input
+from images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BadImageError,
+    build_train_transform,
+    build_val_transform,
+    decode_rgb,
+    resize_size,
+    to_model_input,
+)
 from preprocess import balanced_subset, build_datasets, build_loader
+
+from conftest import make_image_folder
 
 
 @pytest.mark.parametrize("size", [224, 64, 32])

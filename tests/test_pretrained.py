@@ -14,10 +14,18 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import resnet50
 
-from conftest import FAST, run_cli
 from errors import UserInputError
-from model_resnet50 import (FETCH_COMMAND, build_resnet50, check_class_order, find_pretrained_weights, hf_to_torchvision_key,
-                            load_pretrained_resnet50, resnet50_v15_config_mismatches)
+from model_resnet50 import (
+    FETCH_COMMAND,
+    build_resnet50,
+    check_class_order,
+    find_pretrained_weights,
+    hf_to_torchvision_key,
+    load_pretrained_resnet50,
+    resnet50_v15_config_mismatches,
+)
+
+from conftest import FAST, run_cli
 
 CPU = torch.device("cpu")
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"

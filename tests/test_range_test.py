@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lr_finder import RangeTest
 from images import to_model_input
+from lr_finder import RangeTest
 
 
 class Tiny(nn.Module):

@@ -11,11 +11,13 @@ import torch
 import torchvision
 from torch import nn
 
+import cli
 import main
-from conftest import REPO, kill_after, make_image_folder, run_cli
 from lr_finder import RangeTest
 from recipes import RECIPES, setting_differences
 from train import TrainingLoss, build_ema, build_optimizer, lr_from_json, parameter_groups, split_parameters
+
+from conftest import REPO, kill_after, make_image_folder, run_cli
 
 NVIDIA_WD = 3.0517578125e-05  # 1/32768
 
@@ -125,28 +127,28 @@ def test_ema_after_k_steps_equals_the_formula():
 
 
 def test_recipe_nvidia_resolves_to_the_cited_values():
-    args = main.parse_args(["--recipe", "nvidia", "--lr", "0.1"])
+    args = cli.parse_args(["--recipe", "nvidia", "--lr", "0.1"])
     assert (args.optimizer, args.momentum, args.nesterov) == ("sgd", 0.875, False)
     assert args.weight_decay == NVIDIA_WD == 1 / 32768
     assert (args.norm_weight_decay, args.bias_weight_decay) == (0.0, NVIDIA_WD)
     assert (args.label_smoothing, args.mixup_alpha, args.cutmix_alpha) == (0.1, 0.0, 0.0)
     assert (args.scheduler, args.warmup_epochs, args.epochs) == ("cosine", 8, 90)
     assert RECIPES["nvidia"]["lr_per_256"] == 0.256 and RECIPES["torchvision"]["lr_per_256"] == 0.1
-    classic = main.parse_args(["--recipe", "torchvision", "--lr", "0.1"])
+    classic = cli.parse_args(["--recipe", "torchvision", "--lr", "0.1"])
     assert (classic.momentum, classic.weight_decay, classic.norm_weight_decay, classic.label_smoothing) == \
         (0.9, 1e-4, 1e-4, 0.0)
     assert (classic.scheduler, classic.step_size, classic.gamma, classic.epochs) == ("step", 30, 0.1, 90)
 
 
 def test_a_flag_given_on_the_command_line_wins_over_the_recipe():
-    args = main.parse_args(["--recipe", "nvidia", "--lr", "0.1", "--momentum", "0.9", "--epochs", "2",
+    args = cli.parse_args(["--recipe", "nvidia", "--lr", "0.1", "--momentum", "0.9", "--epochs", "2",
                             "--warmup_epochs", "0", "--weight_decay", "5e-5"])
     assert (args.momentum, args.epochs, args.warmup_epochs) == (0.9, 2, 0)
     assert (args.weight_decay, args.norm_weight_decay, args.bias_weight_decay) == (5e-5, 0.0, 5e-5)
     assert args.label_smoothing == 0.1 and "momentum" not in args.recipe_settings
-    demo = main.parse_args(["--recipe", "nvidia", "--find_lr", "--demo"])  # the recipe's SGD over the demo's AdamW
+    demo = cli.parse_args(["--recipe", "nvidia", "--find_lr", "--demo"])  # the recipe's SGD over the demo's AdamW
     assert (demo.optimizer, demo.dataset, demo.input_size) == ("sgd", "digits", 16)
-    assert main.parse_args(["--recipe", "nvidia", "--find_lr", "--demo", "--optimizer", "adamw"]).optimizer == "adamw"
+    assert cli.parse_args(["--recipe", "nvidia", "--find_lr", "--demo", "--optimizer", "adamw"]).optimizer == "adamw"
 
 
 @pytest.mark.parametrize("flags,message", [

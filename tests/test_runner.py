@@ -6,9 +6,10 @@ import subprocess
 import sys
 import time
 
-from conftest import FAST, REPO, run_cli
-from main import given_dests
+from cli import DEMO_SETTINGS, parse_args, parse_layered
 from run_lr_finder import collapse_carriage_returns, forwarded_argv, get_runner_parser
+
+from conftest import FAST, REPO, run_cli
 
 
 def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
@@ -34,7 +35,7 @@ def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
     command = log.split("COMMAND\n")[1].split("\n")[1]
     assert "main.py --find_lr" in command and "--batch_size 4" in command and "--lr_end 1.0" in command
     output = log.split("OUTPUT (stdout and stderr)\n")[1]
-    assert "Range test: digits, 24 training images in 3 classes" in output
+    assert "Range test: digits, resnet50, 24 training images in 3 classes" in output
     assert "10/10" in output  # the progress bar's final state, stderr captured too
     assert "\r" not in log
     assert f"Suggested LR       : {result['suggested_lr']:.2e}" in log
@@ -85,9 +86,10 @@ def test_sigint_to_the_runner_stops_the_sweep_and_keeps_partial_results(image_fo
 
 
 def test_only_changed_flags_are_forwarded():
-    args = get_runner_parser().parse_args(["--batch_size", "8", "--no_cuda", "--lr_end", "1", "--output_dir", "x",
-                                           "--lr_iter", "epoch"])
-    words = forwarded_argv(args)
+    parser = get_runner_parser()
+    args = parse_layered(parser, ["--batch_size", "8", "--no_cuda", "--lr_end", "1", "--output_dir", "x",
+                                  "--lr_iter", "epoch"])
+    words = forwarded_argv(args, parser)
     pairs = " ".join(words)
     assert "--batch_size 8" in pairs and "--lr_end 1.0" in pairs and "--lr_iter epoch" in pairs
     assert "--no_cuda" in words and len(words) == 7
@@ -97,18 +99,19 @@ def test_only_changed_flags_are_forwarded():
 def test_flags_given_explicitly_are_forwarded_even_at_their_default():
     parser = get_runner_parser()
     argv = ["--demo", "--optimizer", "sgd", "--lr_iter", "100"]
-    words = forwarded_argv(parser.parse_args(argv), given_dests(parser, argv))
+    words = forwarded_argv(parse_layered(parser, argv), parser)
     assert " ".join(words) == "--demo --lr_iter 100 --optimizer sgd"
+    argv = ["--recipe", "nvidia", "--momentum", "0.9", "--epochs", "90"]  # 90: the recipe's own value
+    words = forwarded_argv(parse_layered(parser, argv), parser)
+    assert " ".join(words) == "--momentum 0.9 --recipe nvidia"
 
 
 def test_demo_settings_fill_only_the_flags_not_given(monkeypatch, tmp_path):
-    import main
-
     monkeypatch.setattr("demo_data.ensure_digits_imagefolder", lambda: tmp_path)
-    args = main.parse_args(["--find_lr", "--demo"])
-    assert {name: getattr(args, name) for name in main.DEMO_SETTINGS} == main.DEMO_SETTINGS
+    args = parse_args(["--find_lr", "--demo"])
+    assert {name: getattr(args, name) for name in DEMO_SETTINGS} == DEMO_SETTINGS
     assert args.optimizer == "adamw" and args.data_dir == str(tmp_path)
-    args = main.parse_args(["--find_lr", "--demo", "--optimizer", "sgd", "--batch_size", "32", "--lr_end", "10"])
+    args = parse_args(["--find_lr", "--demo", "--optimizer", "sgd", "--batch_size", "32", "--lr_end", "10"])
     assert (args.optimizer, args.batch_size, args.lr_end, args.lr_iter) == ("sgd", 32, 10.0, 150)
 
 

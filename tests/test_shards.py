@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from imagenet_fixtures import VAL_NAMES, VAL_WNIDS, WNIDS, write_official_archives
+from test_distributed import torchrun
+
+from prepare_imagenet import main as prepare_main
+from preprocess import EpochSampler, build_datasets, build_loader
+from shards import ShardImages, Shards, batches_skipped, rank_shards, share_out
 
 from conftest import FAST, make_image_folder, run_cli
-from imagenet_fixtures import VAL_NAMES, VAL_WNIDS, WNIDS, write_official_archives
-from prepare_imagenet import main as prepare_main
-from preprocess import build_datasets, build_loader, EpochSampler
-from shards import Shards, ShardImages, batches_skipped, rank_shards, share_out
-from test_distributed import torchrun
 
 CPU = __import__("torch").device("cpu")
 

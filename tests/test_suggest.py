@@ -3,10 +3,31 @@ import math
 import numpy as np
 import pytest
 
-from lr_finder import (LOW_DROP, RISE_DIVISOR, Evidence, Landmarks, SuggestionError, analyse, auto_method, confidence,
-                       default_skips, find_landmarks, loss_ylim, median_half_width, onecycle_max_lr, robust_curve, smooth,
-                       spread_decades, suggest_all, suggest_minimum, suggest_rise, suggest_steepest, suggest_valley,
-                       suggested_range, trusted_readings)
+from lr_finder import (
+    LOW_DROP,
+    RISE_DIVISOR,
+    Evidence,
+    Landmarks,
+    SuggestionError,
+    analyse,
+    auto_method,
+    confidence,
+    default_skips,
+    find_landmarks,
+    loss_ylim,
+    median_half_width,
+    onecycle_max_lr,
+    robust_curve,
+    smooth,
+    spread_decades,
+    suggest_all,
+    suggest_minimum,
+    suggest_rise,
+    suggest_steepest,
+    suggest_valley,
+    suggested_range,
+    trusted_readings,
+)
 
 LRS = list(np.logspace(-6, 1, 120))
 

@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, kill_after, make_image_folder, run_cli
-from train import build_scheduler, describe_lr_source, lr_from_json, lr_multiplier, read_lr_from, scale_lr, topk_correct
 from errors import UserInputError
+from train import build_scheduler, describe_lr_source, lr_from_json, lr_multiplier, read_lr_from, scale_lr, topk_correct
+
+from conftest import REPO, kill_after, make_image_folder, run_cli
 
 TRAIN = ["--lr", "0.02", "--epochs", "2", "--input_size", "32", "--batch_size", "4", "--num_workers", "0",
          "--precision", "fp32", "--seed", "1"]
