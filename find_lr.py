@@ -18,30 +18,28 @@ from pathlib import Path
 from atomic_io import atomic_write_json, atomic_write_text
 from errors import UserInputError
 from images import to_model_input
-from lr_finder import (
+from lr_finder import RangeTest, amp_options
+from lr_plot import plot_sweep
+from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
+from model_resnet50 import create_model
+from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
+from recipes import recipe_lr
+from report import analyse, history_csv, json_safe, render_log, study_line
+from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
+from settings import rate_settings
+from suggest import (
     AUTO,
     Evidence,
-    RangeTest,
     SuggestionError,
-    amp_options,
-    analyse,
     auto_method,
     confidence,
     find_landmarks,
-    plot_sweep,
     smooth,
     spread_decades,
     suggest_all,
     suggested_range,
     trusted_readings,
 )
-from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
-from model_resnet50 import create_model
-from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
-from recipes import recipe_lr
-from report import history_csv, json_safe, render_log, study_line
-from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
-from settings import rate_settings
 from train import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}

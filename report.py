@@ -1,10 +1,13 @@
-"""The finder's result as text: the history CSV and ``lr_finder_log.txt``.
+"""The finder's result as text: the history CSV, the advice on an answer (``analyse``) and
+``lr_finder_log.txt``.
 
 No torch here, so ``run_lr_finder.py`` can use it without importing the model stack.
 """
 
 import csv
 import io
+
+from suggest import LOW_DROP, VERY_HIGH_LR, VERY_LOW_LR, Evidence
 
 RULE = "=" * 80
 
@@ -165,3 +168,43 @@ def next_steps(result: dict, lr: float) -> list[str]:
         "Use learning rate scheduling (cosine or one-cycle)",
     ]
     return steps
+
+
+def analyse(lr: float, level: str, e: Evidence) -> tuple[str, list[str]]:
+    """A verdict line and warnings for a suggested learning rate."""
+    warnings = []
+    if lr < VERY_LOW_LR:
+        warnings.append(
+            f"Suggested LR {lr:.2e} is very low (< {VERY_LOW_LR:g}): the loss may not have started "
+            "falling before the sweep ended; check the plot, try a lower --lr_start or more steps")
+    if lr > VERY_HIGH_LR:
+        warnings.append(
+            f"Suggested LR {lr:.2e} is very high (> {VERY_HIGH_LR:g}): training may diverge; "
+            "start lower (e.g. a tenth of it) and watch the first epoch")
+    if not e.edge_found:
+        warnings.append(
+            "The loss never started to rise: the sweep ended before the rates where training becomes "
+            "unstable, so the suggestion is only a tenth of the lowest point's rate; raise --lr_end")
+    if e.loss_drop < LOW_DROP:
+        warnings.append(
+            f"The loss fell only {e.loss_drop:.0%} before rising: the sweep barely learned, so the curve "
+            "shows little more than where training becomes unstable. For a firmer answer: more steps "
+            "(--lr_iter), a larger batch, a lower --lr_start, or --lr_verify N to check the candidates "
+            "with short trainings")
+    if not e.spread <= 1.0:
+        warnings.append(
+            f"The suggestion methods disagree by {e.spread:.1f} decades: the curve has no single clear "
+            "reading (noisy loss or too few steps)")
+    if e.verified is False:
+        warnings.append(
+            "--lr_verify's best rate was at the edge of the rates it tried: the best may lie beyond; "
+            "check the verification panel of the plot")
+    if e.verified == "inconclusive":
+        warnings.append(
+            "--lr_verify's trials did not beat the curve's rate by more than the held-out noise, so the "
+            "suggestion stays the curve's: longer trials (a larger N) or more held-out images would tell")
+    if level == "low" and not warnings:
+        warnings.append("Confidence is low; check the plot")
+    verdict = ("Learning rate appears to be in a reasonable range" if not warnings
+               else f"Confidence {level}: check the warnings below")
+    return verdict, warnings

@@ -5,12 +5,16 @@ the input pipeline (against torchvision + PIL and against OpenCV decode alone), 
 training step (our default precision and channels_last against fp32 NCHW), the range
 test's overhead (against a hand-written loop), ``main.py --find_lr`` end to end (against
 the model step alone) and the finder's peak memory. Each ratio is the median of
-interleaved repeats (A B A B ...). Prints a Markdown table; ``--json`` writes every figure.
+interleaved repeats (A B A B ...); timed steps exclude warm-up steps (the first steps pay for
+kernel selection, allocation and, under torch.compile, compiling). Prints a Markdown table;
+``--json`` writes every figure, rewritten after each stage, so a stage that fails or is
+killed (a torch.compile error, a time limit) loses none measured before it.
 
     .venv/bin/python benchmarks/bench.py --quick --json /tmp/bench.json   # ~2-3 min on 2 cores
     .venv/bin/python benchmarks/bench.py                                  # longer, steadier
     .venv/bin/python benchmarks/bench.py --device cuda                    # batch 256 on a GPU
     .venv/bin/python benchmarks/bench.py --device cuda --compile          # also torch.compile's step, peak GPU memory
+    .venv/bin/python benchmarks/bench.py --device cuda --quick --stages compile   # only torch.compile's step
     .venv/bin/python benchmarks/bench.py --shards                         # only: shards vs tree read, workers' memory
 """
 
@@ -33,13 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-
-from errors import EXIT_USAGE  # noqa: E402
 from jpegs import write_jpeg_folder  # noqa: E402
 from pipelines import pipeline_passes  # noqa: E402
-from report import atomic_write_json  # noqa: E402
-from runtime import AMP_DTYPES, cpu_has_native_bf16, select_precision  # noqa: E402
 from steps import FinderAgainstPlainLoop, Setup, StepRunner, run_find_lr_child  # noqa: E402
+
+from atomic_io import atomic_write_json  # noqa: E402
+from errors import EXIT_USAGE  # noqa: E402
+from runtime import AMP_DTYPES, cpu_has_native_bf16, select_precision  # noqa: E402
 
 # Ratio targets on the 2-core CPU machine the suite is developed on (issue #5).
 TARGETS = {
@@ -76,15 +80,20 @@ class Settings:
     pipeline_size: int = 224
 
 
+STAGES = ("pipeline", "step", "finder", "end_to_end", "rss", "compile")  # in the order they run
+DEFAULT_STAGES = "pipeline,step,finder,end_to_end,rss"  # compile: with --compile or named in --stages
+NEEDS_JPEGS = {"pipeline", "end_to_end", "rss"}
+
+
 def choose_settings(device: torch.device, quick: bool, tiny: bool) -> Settings:
     """tiny: seconds, for the test; quick: under 3 minutes on 2 CPU cores; else steadier figures."""
     if tiny:
-        return Settings(images=8, pipeline_rounds=1, step_batch=2, step_size=32, step_warmup=0, step_steps=1,
+        return Settings(images=8, pipeline_rounds=1, step_batch=2, step_size=32, step_warmup=1, step_steps=2,
                         step_rounds=1, finder_batch=2, finder_size=32, finder_steps=2, finder_rounds=1, e2e_batch=2,
                         e2e_iter=3, e2e_workers=1, e2e_rounds=1, rss_batch=2, rss_size=32)
     workers = len(os.sched_getaffinity(0))
-    if device.type == "cuda":
-        return Settings(images=512, pipeline_rounds=3 if quick else 5, step_batch=256, step_size=224,
+    if device.type == "cuda":  # quick: the GPU check's bench step, about a minute on one H100 (docs/gpu.md)
+        return Settings(images=384 if quick else 512, pipeline_rounds=2 if quick else 5, step_batch=256, step_size=224,
                         step_warmup=3, step_steps=5 if quick else 10, step_rounds=3 if quick else 5,
                         finder_batch=256, finder_size=224, finder_steps=10 if quick else 20, finder_rounds=3,
                         e2e_batch=256, e2e_iter=100 if quick else 200, e2e_workers=workers,
@@ -219,12 +228,34 @@ def measure_finder_overhead(settings: Settings, device: torch.device, precision:
                   "RangeTest.sweep", "plain hand-written loop", samples["finder"], samples["plain"])
 
 
-def measure_compiled_step(settings: Settings, device: torch.device, precision: str) -> float:
-    """img/s of the same step with the model under torch.compile; the warm-up pays for compiling."""
+def compile_warmup_steps(settings: Settings) -> int:
+    return settings.step_warmup + 2  # the first compiled steps compile (forward, then backward) and autotune
+
+
+def measure_compiled_step(settings: Settings, device: torch.device, precision: str,
+                          backend: str = "inductor") -> tuple[float, float]:
+    """img/s of the same step with the model under torch.compile, and the seconds the untimed
+    warm-up took (compiling, mostly)."""
     runner = StepRunner(Setup(device, settings.step_batch, settings.step_size, AMP_DTYPES[precision], True))
-    runner.model = torch.compile(runner.model)
-    runner.warm_up(settings.step_warmup + 2)
-    return statistics.median(runner.measure(settings.step_steps) for _ in range(settings.step_rounds))
+    runner.model = torch.compile(runner.model, backend=backend)
+    started = time.perf_counter()
+    runner.warm_up(compile_warmup_steps(settings))
+    warmup_s = time.perf_counter() - started
+    return statistics.median(runner.measure(settings.step_steps) for _ in range(settings.step_rounds)), warmup_s
+
+
+def timing_record(settings: Settings) -> dict:
+    """How many steps each model figure timed and how many it ran before, untimed."""
+    s = settings
+    return {
+        "step_vs_fp32": {"warmup_steps": s.step_warmup, "timed_steps_per_round": s.step_steps,
+                         "rounds": s.step_rounds, "batch": s.step_batch},
+        "finder_vs_plain_loop": {"warmup_steps": s.step_warmup + 1 if s.step_warmup else 0,
+                                 "timed_steps_per_round": s.finder_steps, "rounds": s.finder_rounds,
+                                 "batch": s.finder_batch},
+        "step_compiled": {"warmup_steps": compile_warmup_steps(s), "timed_steps_per_round": s.step_steps,
+                          "rounds": s.step_rounds, "batch": s.step_batch},
+    }
 
 
 class ChildFailed(RuntimeError):
@@ -322,7 +353,7 @@ def fmt(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def markdown_table(figures: list[Figure], peak_rss_mb: float, settings: Settings, device: torch.device,
+def markdown_table(figures: list[Figure], peak_rss_mb: float | None, settings: Settings, device: torch.device,
                    precision: str) -> str:
     rows = ["| figure | ours | against | ratio (spread) | target | |", "|---|---|---|---|---|---|"]
     for f in figures:
@@ -330,30 +361,36 @@ def markdown_table(figures: list[Figure], peak_rss_mb: float, settings: Settings
         against = f"{fmt(statistics.median(f.against))} {f.unit} ({f.against_name})"
         rows.append(f"| {f.label} | {ours} | {against} | {f.ratio:.2f} (±{f.ratio_spread / 2:.0%}) "
                     f"| >= {TARGETS[f.key]:g} | {target_status(f.key, f.ratio, device, precision)} |")
-    rows.append(f"| memory, finder at batch {settings.rss_batch}, {settings.rss_size} px | "
-                f"peak RSS {peak_rss_mb:,.0f} MB | | | | reported |")
+    if peak_rss_mb is not None:
+        rows.append(f"| memory, finder at batch {settings.rss_batch}, {settings.rss_size} px | "
+                    f"peak RSS {peak_rss_mb:,.0f} MB | | | | reported |")
     return "\n".join(rows)
 
 
-def results_json(figures: list[Figure], peak_rss_mb: float, machine: dict, settings: Settings,
+# Each figure's absolute medians in the JSON: (key of ours, key of what it is held against, digits).
+ABSOLUTES = {
+    "pipeline_vs_torchvision": ("pipeline_ours_img_s", "pipeline_torchvision_img_s", 1),
+    "pipeline_vs_decode": (None, "decode_img_s", 1),
+    "step_vs_fp32": ("step_ours_img_s", "step_fp32_img_s", 2),
+    "finder_vs_plain_loop": ("finder_steps_s", "plain_loop_steps_s", 3),
+    "end_to_end_vs_model_only": ("end_to_end_img_s", "model_only_img_s", 2),
+}
+
+
+def results_json(figures: list[Figure], peak_rss_mb: float | None, machine: dict, settings: Settings,
                  others: dict[str, float], started: str, elapsed: float, device: torch.device,
                  precision: str) -> dict:
-    by_key = {f.key: f for f in figures}
-    pipe, decode = by_key["pipeline_vs_torchvision"], by_key["pipeline_vs_decode"]
-    step, finder, e2e = by_key["step_vs_fp32"], by_key["finder_vs_plain_loop"], by_key["end_to_end_vs_model_only"]
-    median = statistics.median
+    """Every figure measured so far (a stage not run yet or failed has no keys here)."""
+    absolutes = {}
+    for f in figures:
+        ours, against, digits = ABSOLUTES[f.key]
+        if ours:
+            absolutes[ours] = round(statistics.median(f.ours), digits)
+        absolutes[against] = round(statistics.median(f.against), digits)
     return {
         **{f.key: round(f.ratio, 4) for f in figures},
-        "peak_rss_mb": round(peak_rss_mb, 1),
-        "pipeline_ours_img_s": round(median(pipe.ours), 1),
-        "pipeline_torchvision_img_s": round(median(pipe.against), 1),
-        "decode_img_s": round(median(decode.against), 1),
-        "step_ours_img_s": round(median(step.ours), 2),
-        "step_fp32_img_s": round(median(step.against), 2),
-        "finder_steps_s": round(median(finder.ours), 3),
-        "plain_loop_steps_s": round(median(finder.against), 3),
-        "end_to_end_img_s": round(median(e2e.ours), 2),
-        "model_only_img_s": round(median(e2e.against), 2),
+        **({"peak_rss_mb": round(peak_rss_mb, 1)} if peak_rss_mb is not None else {}),
+        **absolutes,
         "cpu": machine["cpu"],
         "gpu": machine["gpu"],
         "machine": machine,
@@ -363,6 +400,7 @@ def results_json(figures: list[Figure], peak_rss_mb: float, machine: dict, setti
         "samples": {f.key: {"ours": [round(x, 3) for x in f.ours], "against": [round(x, 3) for x in f.against]}
                     for f in figures},
         "settings": asdict(settings),
+        "timing": timing_record(settings),
         "other_processes_cores": {title: round(cores, 3) for title, cores in others.items()},
         "started": started,
         "elapsed_s": round(elapsed, 1),
@@ -379,85 +417,147 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true",
                         help="seconds-long settings that only check the benchmark runs (figures meaningless)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model steps run")
-    parser.add_argument("--json", default=None, help="also write every figure and ratio to this JSON file")
+    parser.add_argument("--json", default=None,
+                        help="also write every figure and ratio to this JSON file (rewritten after each stage)")
     parser.add_argument("--workdir", default=None,
                         help="keep the JPEGs and child outputs here (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", default=DEFAULT_STAGES,
+                        help=f"comma-separated measurements to take, run in this order: {', '.join(STAGES)}")
     parser.add_argument("--scale", action="store_true",
                         help="only the 1.28 M-file index figures (scale.py; builds the hard-link tree in --workdir)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the training step with the model under torch.compile")
+                        help="also time the training step with the model under torch.compile (the compile stage)")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile's backend for the compile stage ('eager' only checks the capture)")
     parser.add_argument("--shards", action="store_true",
                         help="only the shard read figure (shard_read.py): images/s from WebDataset shards and "
                              "from the tree over the same JPEGs, and the workers' memory")
     return parser
 
 
-def measure_all(root: Path, work: Path, settings: Settings, device: torch.device, precision: str,
-                seed: int, others: dict[str, float]) -> tuple[list[Figure], float]:
-    """Every figure, one after another, and the finder's peak RSS in MB; ``others`` receives
-    the cores other processes used during each stage."""
-    s = settings
-    with stage(f"input pipeline: {s.images} JPEGs x {s.pipeline_rounds} rounds", others):
-        figures = list(measure_pipelines(root, s, seed))
-    with stage(f"training step: batch {s.step_batch}, {s.step_steps} steps x {s.step_rounds} rounds", others):
-        figures.append(measure_step(s, device, precision))
-    with stage(f"finder overhead: {s.finder_steps} steps x {s.finder_rounds} rounds at {s.finder_size} px", others):
-        figures.append(measure_finder_overhead(s, device, precision))
-    with stage(f"end to end: main.py --find_lr, {s.e2e_iter} steps x {s.e2e_rounds} rounds", others):
-        end_to_end, e2e_peak_rss_mb = measure_end_to_end(root, work, s, device, precision)
-        figures.append(end_to_end)
-    if (s.rss_batch, s.rss_size) == (s.e2e_batch, s.step_size):
-        return figures, e2e_peak_rss_mb  # the end-to-end runs already were that finder
-    with stage(f"peak RSS: main.py --find_lr at batch {s.rss_batch}, {s.rss_size} px", others):
-        peak_rss_mb = measure_peak_rss(root, work, s, device)
-    return figures, peak_rss_mb
+def chosen_stages(args) -> list[str] | str:
+    """The stages to run in their fixed order, or an error message."""
+    names = [name for name in args.stages.split(",") if name]
+    unknown = [name for name in names if name not in STAGES]
+    if unknown or not names:
+        return f"--stages {args.stages}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}"
+    if args.compile:
+        names.append("compile")
+    return [name for name in STAGES if name in names]
+
+
+class Run:
+    """One benchmark run's figures so far; ``save`` rewrites the JSON with all of them."""
+
+    def __init__(self, args, device: torch.device, precision: str, why: str, settings: Settings):
+        self.args, self.device, self.precision, self.settings = args, device, precision, settings
+        self.machine = machine_facts(device, precision, why)
+        self.started, self.clock = datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+        self.figures: list[Figure] = []
+        self.peak_rss_mb: float | None = None
+        self.e2e_peak_rss_mb: float | None = None
+        self.extras: dict = {}  # not ratios against a target: figures the GPU check reports as they are
+        self.others: dict[str, float] = {}
+        self.done: list[str] = []
+        self.failed: dict[str, str] = {}
+
+    def record(self, stages: list[str]) -> dict:
+        if self.device.type == "cuda":  # the in-process steps and finder; main.py runs are children
+            self.extras["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return {**results_json(self.figures, self.peak_rss_mb, self.machine, self.settings, self.others,
+                               self.started, time.perf_counter() - self.clock, self.device, self.precision),
+                **self.extras, "stages": stages, "stages_done": self.done, "stages_failed": self.failed,
+                "complete": self.done == stages}
+
+    def save(self, stages: list[str]) -> None:
+        if self.args.json:
+            atomic_write_json(self.args.json, self.record(stages))
+
+
+def stage_title(name: str, s: Settings) -> str:
+    return {
+        "pipeline": f"input pipeline: {s.images} JPEGs x {s.pipeline_rounds} rounds",
+        "step": f"training step: batch {s.step_batch}, {s.step_steps} steps x {s.step_rounds} rounds",
+        "finder": f"finder overhead: {s.finder_steps} steps x {s.finder_rounds} rounds at {s.finder_size} px",
+        "end_to_end": f"end to end: main.py --find_lr, {s.e2e_iter} steps x {s.e2e_rounds} rounds",
+        "rss": f"peak RSS: main.py --find_lr at batch {s.rss_batch}, {s.rss_size} px",
+        "compile": f"compiled training step: batch {s.step_batch}",
+    }[name]
+
+
+def measure_stage(name: str, run: Run, root: Path | None, work: Path) -> None:
+    """One measurement, its results added to ``run``."""
+    s, device, precision = run.settings, run.device, run.precision
+    if name == "pipeline":
+        run.figures.extend(measure_pipelines(root, s, run.args.seed))
+    elif name == "step":
+        run.figures.append(measure_step(s, device, precision))
+    elif name == "finder":
+        run.figures.append(measure_finder_overhead(s, device, precision))
+    elif name == "end_to_end":
+        figure, run.e2e_peak_rss_mb = measure_end_to_end(root, work, s, device, precision)
+        run.figures.append(figure)
+    elif name == "rss":
+        if (s.rss_batch, s.rss_size) == (s.e2e_batch, s.step_size) and run.e2e_peak_rss_mb is not None:
+            run.peak_rss_mb = run.e2e_peak_rss_mb  # the end-to-end runs already were that finder
+        else:
+            run.peak_rss_mb = measure_peak_rss(root, work, s, device)
+    elif name == "compile":
+        img_s, warmup_s = measure_compiled_step(s, device, precision, run.args.compile_backend)
+        run.extras.update(step_compiled_img_s=round(img_s, 2), compile_warmup_s=round(warmup_s, 1),
+                          compile_backend=run.args.compile_backend)
 
 
 def run_benchmark(args) -> int:
+    stages = chosen_stages(args)
+    if isinstance(stages, str):
+        print(f"error: {stages}", file=sys.stderr)
+        return EXIT_USAGE
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device is visible; run with --device cpu", file=sys.stderr)
         return EXIT_USAGE
     device = torch.device(args.device)
     precision, why = select_precision("auto", device)
-    settings = choose_settings(device, args.quick, args.tiny)
-    machine = machine_facts(device, precision, why)
-    started, clock = datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+    run = Run(args, device, precision, why, choose_settings(device, args.quick, args.tiny))
+    machine = run.machine
     print(f"CPU: {machine['cpu']} ({machine['cpu_cores']} cores), GPU: {machine['gpu'] or 'none'}, "
           f"torch {machine['torch']} ({machine['torch_threads']} threads)")
-    print(f"Precision: {precision} ({why})", flush=True)
+    print(f"Precision: {precision} ({why}); stages: {', '.join(stages)}", flush=True)
 
-    others: dict[str, float] = {}
+    run.save(stages)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = Path(args.workdir or scratch)
-        root = write_jpeg_folder(work / "data", settings.images, seed=args.seed)
-        try:
-            figures, peak_rss_mb = measure_all(root, work, settings, device, precision, args.seed, others)
-        except ChildFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    extras = {}  # not ratios against a target: figures the GPU check reports as they are
-    if args.compile:
-        with stage(f"compiled training step: batch {settings.step_batch}", others):
-            extras["step_compiled_img_s"] = round(measure_compiled_step(settings, device, precision), 2)
-    if device.type == "cuda":  # the in-process steps and finder at the step batch; main.py runs are children
-        extras["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    elapsed = time.perf_counter() - clock
+        root = write_jpeg_folder(work / "data", run.settings.images, seed=args.seed) \
+            if NEEDS_JPEGS & set(stages) else None
+        for name in stages:
+            try:
+                with stage(stage_title(name, run.settings), run.others):
+                    measure_stage(name, run, root, work)
+                run.done.append(name)
+            except Exception as exc:  # noqa: BLE001 - recorded; the next stage is independent
+                run.failed[name] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+                print(f"\nerror: stage {name} failed: {run.failed[name]}", file=sys.stderr, flush=True)
+                free_memory()
+            run.save(stages)
+    elapsed = time.perf_counter() - run.clock
 
     print()
-    print(f"{started[:10]}, {machine['cpu']}, {machine['cpu_cores']} cores, GPU {machine['gpu'] or 'none'}, "
+    print(f"{run.started[:10]}, {machine['cpu']}, {machine['cpu_cores']} cores, GPU {machine['gpu'] or 'none'}, "
           f"torch {machine['torch']}, device {device}, precision {precision}")
-    print(markdown_table(figures, peak_rss_mb, settings, device, precision))
-    for key, value in extras.items():
-        print(f"{key}: {value:,}")
+    print(markdown_table(run.figures, run.peak_rss_mb, run.settings, device, precision))
+    run.record(stages)  # adds the peak GPU memory to the extras
+    for key, value in run.extras.items():
+        print(f"{key}: {value:,}" if isinstance(value, (int, float)) else f"{key}: {value}")
     print(f"\nratios: medians of interleaved repeats, ± half their range; {elapsed:.0f} s in all")
-    disturbed = {title: cores for title, cores in others.items() if cores > DISTURBED_CORES}
+    disturbed = {title: cores for title, cores in run.others.items() if cores > DISTURBED_CORES}
     for title, cores in disturbed.items():
         print(f"warning: other processes kept {cores:.2f} cores busy during '{title}': those figures are disturbed")
     if args.json:
-        atomic_write_json(args.json, {**results_json(figures, peak_rss_mb, machine, settings, others, started,
-                                                     elapsed, device, precision), **extras})
         print(f"figures written to {args.json}")
+    if run.failed:
+        print(f"error: stage(s) failed: {', '.join(run.failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

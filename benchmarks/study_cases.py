@@ -45,6 +45,7 @@ class Case:
     pretrain: Pretrain | None = None
     verify_steps: int = 0  # first-round steps of --lr_verify (0: not run)
     horizon_check: bool = False  # also train at twice the epochs around the best rate
+    arch: str = "resnet50"  # --arch: a smaller torchvision model affords trainings of 1,500+ steps here
 
 
 COLOUR_16 = Pretrain("colour-16px-adamw", "colour", 16, 32, 10, 1e-3)
@@ -59,6 +60,12 @@ FIT_CASES = (
          max_samples=800, verify_steps=10),
     Case("digits-32px-b32-adamw", "fit", "digits", 32, 32, 20, "adamw", lr_end=1.0, grid=ADAMW_GRID,
          max_samples=480, verify_steps=10),
+    # Trainings at least 15x the sweep's 100 steps (ImageNet's sweep is a far smaller share still):
+    # 1,438 digits at batch 32 are 44 steps per epoch, 35 epochs 1,540 steps; 800 grey patches at
+    # batch 64 are 12 steps per epoch, 125 epochs 1,500 steps. ResNet-18 makes them affordable.
+    Case("digits-16px-b32-r18-long", "fit", "digits", 16, 32, 35, verify_steps=10, arch="resnet18"),
+    Case("patches-16px-b64-r18-long", "fit", "patches", 16, 64, 125, lr_start=1e-4, max_samples=800,
+         verify_steps=10, arch="resnet18"),
 )
 
 TEST_CASES = (  # cheapest first: the study runs them in this order

@@ -81,6 +81,8 @@ class Runner:
         flags = ["--data_dir", f"<data:{data}>", "--dataset", "digits" if data == "digits" else "imagenet1k",
                  "--input_size", str(input_size or case.input_size), "--batch_size", str(batch or case.batch_size),
                  "--num_workers", "2", "--optimizer", optimizer]
+        if getattr(case, "arch", "resnet50") != "resnet50":
+            flags += ["--arch", case.arch]
         if getattr(case, "max_samples", None):
             flags += ["--max_samples", str(case.max_samples)]
         if getattr(case, "pretrain", None):

@@ -10,8 +10,8 @@ from conftest import REPO
 
 # Lowest first. A module may import from its own layer (without a cycle) and from those below.
 LAYERS = {
-    "base": {"errors", "input_size", "settings", "imagenet_labels", "shard_layout", "atomic_io", "report",
-             "demo_data"},
+    "base": {"errors", "input_size", "settings", "imagenet_labels", "shard_layout", "atomic_io", "suggest",
+             "report", "lr_plot", "demo_data"},
     "data, model, machine": {"images", "image_folder", "shards", "preprocess", "shard_writer", "model_resnet50",
                              "runtime", "recipes", "checkpoint"},
     "sweep and training": {"lr_finder", "train", "lr_verify"},
@@ -23,7 +23,7 @@ RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module 
 DATA = {"images", "image_folder", "shards", "preprocess", "shard_writer", "shard_layout", "imagenet_labels"}
 NEVER_MEET = [  # (these modules, those modules): no import either way
     (DATA, {"model_resnet50"}),  # the data never knows the model, nor the model the data
-    ({"lr_finder"}, DATA | {"model_resnet50"}),  # the range test knows neither the data nor the model
+    ({"lr_finder", "suggest", "lr_plot"}, DATA | {"model_resnet50"}),  # the range test knows neither data nor model
     ({"image_folder"}, {"shards"}),  # the two readers stand beside each other on images.py
 ]
 

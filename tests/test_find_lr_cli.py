@@ -49,7 +49,7 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss"]
     assert float(rows[0]["lr"]) == pytest.approx(1e-4) and float(rows[0]["loss"]) == float(rows[0]["smoothed_loss"])
     assert float(rows[1]["lr"]) == pytest.approx(1e-4 * (1e4 ** (1 / 11)))  # exponential steps
-    from lr_finder import auto_method, find_landmarks, suggest_all
+    from suggest import auto_method, find_landmarks, suggest_all
 
     lrs, raw = [float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows]
     method = auto_method("sgd")  # the default, auto, with the default optimizer: rise
@@ -79,7 +79,7 @@ def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_fol
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss", "val_loss"]
     lrs = [float(r["lr"]) for r in rows]
-    from lr_finder import suggest_all
+    from suggest import suggest_all
 
     val_losses = [float(r["val_loss"]) for r in rows]  # suggestions come from the val curve
     assert result["suggestions"] == pytest.approx(suggest_all(lrs, val_losses, 0.05))

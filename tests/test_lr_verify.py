@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from lr_finder import Evidence, auto_method, confidence, spread_decades, trusted_readings
 from lr_verify import (
     Trial,
     best_trial,
@@ -21,6 +20,7 @@ from lr_verify import (
     trial_schedule,
     verify_rates,
 )
+from suggest import Evidence, auto_method, confidence, spread_decades, trusted_readings
 
 from conftest import FAST, make_image_folder, run_cli
 

@@ -3,18 +3,18 @@ import math
 import numpy as np
 import pytest
 
-from lr_finder import (
+from lr_plot import loss_ylim
+from report import analyse
+from suggest import (
     LOW_DROP,
     RISE_DIVISOR,
     Evidence,
     Landmarks,
     SuggestionError,
-    analyse,
     auto_method,
     confidence,
     default_skips,
     find_landmarks,
-    loss_ylim,
     median_half_width,
     onecycle_max_lr,
     robust_curve,

@@ -1,0 +1,300 @@
+"""The range test's curve read as numbers: pure functions over (lrs, losses), no tensors and no
+files. The landmarks (where the loss is lowest, where it starts to rise), each reading of the curve
+(rise, steepest, valley, minimum), the answer for an optimizer, its range and how sure it is.
+
+    suggestions = suggest_all(lrs, raw_losses, smooth_f=0.05)   # {"rise": ..., "steepest": ..., ...}
+    landmarks = find_landmarks(lrs, raw_losses)                  # loss_drop, edge_lr, min_loss_lr, ...
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_POINTS = 5
+VERY_LOW_LR = 1e-5
+VERY_HIGH_LR = 1.0
+# Chosen with benchmarks/suggestion_study.py (see the README's tables): with SGD the default rate is
+# the edge divided by RISE_DIVISOR (with AdamW a tenth of the lowest point's rate: auto_method), and a
+# loss that fell less than LOW_DROP never gives more than low confidence.
+RISE_DIVISOR = 2.0
+NOISE_MARGIN = 4.0  # the edge must stand this many standard errors of the running median above the bottom
+LOW_DROP = 0.15
+HIGH_DROP = 0.30
+
+
+class SuggestionError(ValueError):
+    pass
+
+
+def smooth(losses, smooth_f: float) -> list[float]:
+    """torch-lr-finder's exponential smoothing: s_i = f * x_i + (1 - f) * s_{i-1}."""
+    out: list[float] = []
+    for i, x in enumerate(losses):
+        out.append(x if i == 0 or smooth_f <= 0 else smooth_f * x + (1 - smooth_f) * out[-1])
+    return out
+
+
+def default_skips(n: int) -> tuple[int, int]:
+    """Warm-up and tail points left out of every suggestion (10 and 5 on long sweeps)."""
+    return min(10, n // 10), min(5, n // 20)
+
+
+def _window(lrs, losses, skip_start=None, skip_end=None) -> tuple[np.ndarray, np.ndarray]:
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if lrs.shape != losses.shape:
+        raise SuggestionError(f"{len(lrs)} learning rates but {len(losses)} losses")
+    default_start, default_end = default_skips(len(lrs))
+    start = default_start if skip_start is None else skip_start
+    end = len(lrs) - (default_end if skip_end is None else skip_end)
+    lrs, losses = lrs[start:end], losses[start:end]
+    keep = np.isfinite(losses) & np.isfinite(lrs) & (lrs > 0)
+    lrs, losses = lrs[keep], losses[keep]
+    if len(lrs) < MIN_POINTS:
+        raise SuggestionError(
+            f"only {len(lrs)} usable points after skipping the first and last ones; "
+            f"need at least {MIN_POINTS}: raise --lr_iter"
+        )
+    return lrs, losses
+
+
+def _up_to_minimum(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The descending part of the curve: past the lowest loss, a fall is only a recovery
+    from a blow-up, never a rate to train with."""
+    end = max(int(np.argmin(losses)) + 1, 2)
+    return lrs[:end], losses[:end]
+
+
+def robust_curve(losses, half_width: int) -> np.ndarray:
+    """A centred running median: it does not lag behind the loss as the library's exponential
+    smoothing does (by (1 - f) / f steps, more than a decade of lr on a short sweep), and one
+    wild batch cannot move it."""
+    x = np.asarray(losses, dtype=float)
+    return np.array([np.median(x[max(0, i - half_width):i + half_width + 1]) for i in range(len(x))])
+
+
+def median_half_width(lrs) -> int:
+    """Points on each side of the running median: a tenth of a decade of lr, at least 2."""
+    lrs = np.asarray(lrs, dtype=float)
+    decades = math.log10(lrs[-1] / lrs[0]) if len(lrs) > 1 and lrs[-1] > lrs[0] > 0 else 1.0
+    return max(2, round(0.1 * len(lrs) / max(decades, 1e-9)))
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """What a range test shows, read from the raw loss: where the loss starts, its lowest point
+    before it first rises, and the edge, the rate at which the loss climbs back half-way from its
+    lowest point to its starting level, clear of the noise (Smith's upper bound: where the loss
+    starts to rise). After a deep fall, the edge is the first sustained rise: a later dip, however
+    low, is not looked at (past that rise the sweep's model is already damaged). After a shallow
+    fall, it is the last crossing on the climb into the blow-up (noise cannot fake it). ``edge_lr`` is None when the sweep ended
+    before the loss rose; ``blow_lr`` is the first rate at which the loss stood half as high again as
+    at the start (None if it never did)."""
+    start_loss: float
+    min_loss: float
+    min_lr: float
+    edge_lr: float | None
+    blow_lr: float | None = None
+
+    @property
+    def loss_drop(self) -> float:
+        """How far the loss fell, as a fraction of where it started (0 when it never fell below it:
+        the running median's lowest point can sit a little above the first steps' median)."""
+        return max(0.0, (self.start_loss - self.min_loss) / self.start_loss) if self.start_loss > 0 else 0.0
+
+    @property
+    def rise_lr(self) -> float:
+        """The ``rise`` suggestion: the edge over RISE_DIVISOR, else a tenth of the lowest point's rate."""
+        return self.edge_lr / RISE_DIVISOR if self.edge_lr is not None else self.min_lr / 10
+
+    @property
+    def deep(self) -> bool:
+        """Whether the loss fell far enough (LOW_DROP) for its lowest point to be a landmark."""
+        return self.loss_drop >= LOW_DROP
+
+    @property
+    def onecycle_lr(self) -> float:
+        """The peak for one-cycle, Smith's upper bound: the rate where the loss stops falling. On a
+        curve that fell that is its lowest point (the loss can idle far past it before it blows up);
+        on one that barely fell, the edge, else the lowest point's rate."""
+        return self.min_lr if self.deep or self.edge_lr is None else self.edge_lr
+
+
+def level_above(low: float, start: float, noise: float) -> float:
+    """The loss has risen once it stands above its low by half its fall from ``start``, and clear
+    of the noise of the median (NOISE_MARGIN of its standard errors)."""
+    return low + max(0.5 * (start - low), NOISE_MARGIN * noise)
+
+
+def first_deep_rise(curve: np.ndarray, start: float, noise: float, hold: int, end: int) -> tuple[int, int] | None:
+    """(lowest point, rise) of the first valley that fell deep (LOW_DROP of ``start``) and from
+    which the loss then rose (``level_above``) and stayed risen for ``hold`` points, before ``end``;
+    None if there is none. A shallow dip in a flat, noisy loss is never such a valley."""
+    lowest = 0
+    for i in range(min(end, len(curve))):
+        if curve[i] < curve[lowest]:
+            lowest = i
+        elif start - curve[lowest] >= LOW_DROP * start:
+            level = level_above(curve[lowest], start, noise)
+            if curve[i] > level and np.all(curve[i:min(i + hold + 1, end)] > level):
+                return lowest, i
+    return None
+
+
+def last_crossing(curve: np.ndarray, start: float, noise: float, end: int) -> tuple[int, int | None]:
+    """(lowest point before ``end``, the last crossing of ``level_above`` on the climb into
+    ``end``): on a loss that fell little, noise on a flat stretch cannot fake an edge."""
+    lowest = int(np.argmin(curve[:max(end, 1)]))
+    level = level_above(curve[lowest], start, noise)
+    for i in range(end - 1, lowest - 1, -1):
+        if curve[i] <= level:
+            return lowest, (i + 1 if i + 1 < len(curve) else None)
+    return lowest, None
+
+
+def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks:
+    """The ``Landmarks`` of a sweep's raw losses (the same window as every suggestion)."""
+    lrs, raw = _window(lrs, raw_losses, skip_start, skip_end)
+    half = median_half_width(lrs)
+    curve = robust_curve(raw, half)
+    start = float(np.median(raw[:max(MIN_POINTS, len(raw) // 10)]))
+    above = np.flatnonzero(curve > 1.5 * start)  # the blow-up
+    blow = int(above[0]) if len(above) else len(curve)
+    # On a curve that barely fell, half-way is inside the noise: the level is then set above the
+    # noise of the median itself (from the spread of the raw loss around it, robustly).
+    residuals = (raw - curve)[:max(blow, MIN_POINTS)]
+    noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))) * 1.25 / math.sqrt(2 * half + 1)
+    lowest, edge = first_deep_rise(curve, start, noise, half, blow) or last_crossing(curve, start, noise, blow)
+    return Landmarks(start, float(curve[lowest]), float(lrs[lowest]), float(lrs[edge]) if edge is not None else None,
+                     float(lrs[blow]) if blow < len(curve) else None)
+
+
+def before_the_rise(lrs, losses, edge_lr: float | None) -> tuple[list, list, dict]:
+    """The sweep up to its first sustained rise (all of it when the loss never rose), with the
+    skips that keep the window of the whole sweep: (lrs, losses, skip keywords)."""
+    if edge_lr is None:
+        return list(lrs), list(losses), {}
+    cut = next((i + 1 for i, lr in enumerate(lrs) if lr >= edge_lr), len(lrs))
+    return list(lrs[:cut]), list(losses[:cut]), {"skip_start": default_skips(len(lrs))[0], "skip_end": 0}
+
+
+def suggest_steepest(lrs, losses, skip_start=None, skip_end=None) -> float:
+    """The learning rate where the loss falls fastest against log10(lr), before its minimum."""
+    lrs, losses = _up_to_minimum(*_window(lrs, losses, skip_start, skip_end))
+    slope = np.gradient(losses, np.log10(lrs))
+    # The lowest point itself is where the fall ends, not where it is steepest; its one-sided
+    # slope would otherwise win whenever the last step before it dropped a lot.
+    return float(lrs[int(np.argmin(slope[:-1] if len(slope) > 2 else slope))])
+
+
+def suggest_valley(lrs, losses, skip_start=None, skip_end=None) -> float:
+    """fastai's valley: two thirds of the way down the longest descending run of the loss
+    (searched before the minimum, like ``suggest_steepest``)."""
+    lrs, losses = _up_to_minimum(*_window(lrs, losses, skip_start, skip_end))
+    n = len(losses)
+    run = np.ones(n, dtype=int)  # run[i]: longest decreasing subsequence ending at i
+    for i in range(1, n):
+        earlier = losses[:i] > losses[i]
+        if earlier.any():
+            run[i] = run[:i][earlier].max() + 1
+    end = int(np.argmax(run))
+    start = end - int(run[end])  # fastai's indexing, kept so the results match theirs
+    third = (end - start) / 3
+    return float(lrs[start + int(third) + int(third / 2)])
+
+
+def suggest_minimum(lrs, losses, skip_start=None, skip_end=None) -> float:
+    """One tenth of the learning rate at the lowest loss."""
+    lrs, losses = _window(lrs, losses, skip_start, skip_end)
+    return float(lrs[int(np.argmin(losses))] / 10)
+
+
+def suggest_rise(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
+    """A fraction (``1 / RISE_DIVISOR``) of the edge: the rate at which the loss starts to rise
+    (see ``Landmarks``); a tenth of the lowest point's rate when the sweep never reached it."""
+    return find_landmarks(lrs, raw_losses, skip_start, skip_end).rise_lr
+
+
+def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
+    """The peak for one-cycle (``Landmarks.onecycle_lr``)."""
+    return find_landmarks(lrs, raw_losses, skip_start, skip_end).onecycle_lr
+
+
+# Readings of the curve the library smooths (lagging) and the default, read from the raw loss.
+CURVE_SUGGESTERS = {"steepest": suggest_steepest, "valley": suggest_valley, "minimum": suggest_minimum}
+METHODS = ("rise", *CURVE_SUGGESTERS)
+AUTO = "auto"  # the default: rise or minimum, by optimizer
+
+
+def auto_method(optimizer: str) -> str:
+    """The reading ``auto`` uses: ``minimum`` for AdamW, ``rise`` for SGD (as measured by
+    benchmarks/suggestion_study.py). With SGD a from-scratch ResNet-50 barely learns in a sweep and
+    blows up soon after its lowest point, so only the edge is a landmark; with AdamW the loss falls,
+    then idles far past its lowest point before it blows up, so the edge is no guide."""
+    return "minimum" if optimizer == "adamw" else "rise"
+
+
+def trusted_readings(suggestions: dict[str, float], optimizer: str) -> list[float]:
+    """The readings whose agreement the confidence weighs: with AdamW the two that read the fall
+    (its edge can lie far past the good rates), with SGD those and the edge. fastai's ``valley``
+    is left out: it reads the start of the longest fall, a decade or more under the others on
+    most curves, so counting it made a textbook curve look as uncertain as a flat one."""
+    names = ("steepest", "minimum") if auto_method(optimizer) in CURVE_SUGGESTERS else ("rise", "steepest", "minimum")
+    return [suggestions[name] for name in names if name in suggestions]
+
+
+# How far the best rate lay from the default answer on the fit cases (best / answer, 4-epoch
+# trainings of benchmarks/suggestion_study.py and the three cases measured by hand; see
+# docs/suggestion.md): 0.3 to 6.2 with SGD (the edge is no sharp landmark when the sweep barely
+# learned), 0.7 to 2 with AdamW. The range spans that, not more, and never passes the blow-up.
+RANGE_FACTORS = {"sgd": (4.0, 8.0), "adamw": (3.0, 4.0)}  # (below, above) the answer
+
+
+def suggested_range(answer: float, optimizer: str, blow_lr: float | None) -> tuple[float, float]:
+    """[low, high]: where the best rate is expected to lie around the curve's ``answer``."""
+    below, above = RANGE_FACTORS["adamw" if optimizer == "adamw" else "sgd"]
+    high = answer * above if blow_lr is None else min(answer * above, max(blow_lr, answer))
+    return answer / below, high
+
+
+def suggest_all(lrs, raw_losses, smooth_f: float) -> dict[str, float]:
+    """Every method's rate: ``rise`` from the raw loss, the others from its exponential smoothing,
+    each read only up to the first sustained rise of the loss (``Landmarks``)."""
+    marks = find_landmarks(lrs, raw_losses)
+    cut_lrs, cut_losses, skips = before_the_rise(lrs, smooth(raw_losses, smooth_f), marks.edge_lr)
+    return {"rise": marks.rise_lr, **{name: fn(cut_lrs, cut_losses, **skips) for name, fn in CURVE_SUGGESTERS.items()}}
+
+
+def spread_decades(values) -> float:
+    values = [v for v in values if v and v > 0]
+    return float(math.log10(max(values) / min(values))) if values else float("nan")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a confidence level rests on."""
+    loss_drop: float  # fraction the loss fell before rising (Landmarks.loss_drop)
+    spread: float  # decades between the methods' rates
+    edge_found: bool  # the sweep reached the rates where the loss rises
+    # --lr_verify: None (not run), "inconclusive" (the trials could not tell the rates apart), else
+    # whether the rate they chose was inside the rates they tried
+    verified: bool | str | None = None
+
+
+def confidence(e: Evidence) -> str:
+    """high / medium / low, from how much the loss fell, whether the methods agree and the trials.
+
+    - low: the loss fell less than LOW_DROP, or the sweep never reached the rise, or the methods
+      disagree by more than a decade, unless ``--lr_verify`` found its best inside its trials
+      (then medium);
+    - high: the loss fell at least HIGH_DROP and the methods agree within half a decade, or the
+      trials found their best inside and the curve itself is at least medium;
+    - medium otherwise."""
+    from_curve = "medium"
+    if e.loss_drop < LOW_DROP or not e.edge_found or not e.spread <= 1.0:
+        from_curve = "low"
+    elif e.loss_drop >= HIGH_DROP and e.spread <= 0.5:
+        from_curve = "high"
+    if e.verified is True:
+        return "high" if from_curve != "low" else "medium"
+    return from_curve
