@@ -40,7 +40,7 @@ from suggest import (
     suggested_range,
     trusted_readings,
 )
-from train import loss_from_args, optimizer_from_args
+from train_setup import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 VERIFY_HELDOUT_BATCHES = 8  # held-out images for --lr_verify: this many batches (global)

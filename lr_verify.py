@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from runtime import Distributed, cpu_copy, unwrap
-from train import evaluate, lr_multiplier, train_step
+from train import evaluate, train_step
+from train_setup import lr_multiplier
 
 SPACING = 2.0
 WARMUP_SHARE = 0.1

@@ -1,184 +1,36 @@
-"""Training with the found learning rate: the optimizer (parameter groups, Nesterov, gradient
-clipping), the loss (label smoothing, MixUp/CutMix) and schedulers, all shared with the range
-test; one epoch, evaluation, the weight average (EMA), the fit loop with resumable checkpoints.
+"""Training with the found learning rate: one step, one epoch, evaluation, and the fit loop with
+resumable checkpoints. What a step is made of (optimizer, loss, mixing, EMA, schedules) is in
+``train_setup.py``, ``--lr_from`` in ``lr_source.py``, the CSV and plot in ``train_outputs.py``.
 
     uv run python main.py --lr 0.1 --epochs 90 --scheduler cosine --data_dir ./data
     uv run python main.py --lr_from ./outputs/suggested_lr.json --epochs 5 --resume auto
 """
 
-import csv
-import io
-import json
-import math
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchvision.transforms import v2
 from tqdm import tqdm
 
-from atomic_io import atomic_savefig, atomic_write_json, atomic_write_text
+from atomic_io import atomic_write_json, atomic_write_text
 from checkpoint import config_differences, load_checkpoint, restore_rng_state, resume_path, rng_state, save_checkpoint
 from errors import UserInputError
 from images import to_model_input
+from lr_source import describe_lr_source, lr_from_json
 from model_resnet50 import create_model
 from preprocess import EpochSampler, build_datasets, build_loader
-from recipes import setting_differences
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, unwrap, wrap_model
 from settings import rate_settings
-
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
-                 "epoch_time_s", "images_per_second"]
-EMA_FIELDS = ["ema_val_loss", "ema_val_top1", "ema_val_top5"]  # with --model_ema
-
-
-NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
-               nn.LocalResponseNorm)
-PARAMETER_KINDS = ("weight", "norm", "bias")
-
-
-def split_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Trainable parameters by kind, with their names: ``norm`` every parameter of a normalisation
-    layer (batch-norm gamma and beta), ``bias`` the other layers' biases, ``weight`` the rest."""
-    kinds = {kind: [] for kind in PARAMETER_KINDS}
-    seen = set()
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            kind = "norm" if isinstance(module, NORM_LAYERS) else "bias" if name == "bias" else "weight"
-            kinds[kind].append((f"{module_name}.{name}" if module_name else name, param))
-    return kinds
-
-
-def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None = None,
-                     bias_weight_decay: float | None = None) -> list[dict]:
-    """Optimizer parameter groups, one per distinct decay (a single group when all three are equal);
-    each lists the ``kinds`` it holds. The ``weight`` kind's group comes first."""
-    decays = {"weight": weight_decay,
-              "norm": weight_decay if norm_weight_decay is None else norm_weight_decay,
-              "bias": weight_decay if bias_weight_decay is None else bias_weight_decay}
-    groups: dict[float, dict] = {}
-    for kind, named in split_parameters(model).items():
-        if named:
-            group = groups.setdefault(decays[kind], {"params": [], "weight_decay": decays[kind], "kinds": []})
-            group["params"] += [param for _, param in named]
-            group["kinds"].append(kind)
-    return list(groups.values())
-
-
-def clip_before_step(max_norm: float):
-    """An optimizer step pre-hook clipping the global gradient norm. As a hook it also clips the
-    steps torch-lr-finder and the --lr_verify trials take. GradScaler unscales the gradients before
-    it calls a (non-fused) optimizer's step, so the hook sees them unscaled."""
-    def hook(optimizer, args, kwargs):
-        grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        nn.utils.clip_grad_norm_(grads, max_norm)
-    return hook
-
-
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4, *,
-                    nesterov: bool = False, norm_weight_decay: float | None = None,
-                    bias_weight_decay: float | None = None, clip_grad_norm: float | None = None
-                    ) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over ``parameter_groups``; the finder and training share it so the
-    suggested rate transfers."""
-    groups = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay)
-    # One fused kernel over all parameters instead of a loop of small ops per tensor; not with
-    # clipping: a fused step unscales fp16 gradients itself, after the clipping hook has run.
-    fused = clip_grad_norm is None and all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    if name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                                    fused=fused)
-    elif name == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}")
-    if clip_grad_norm is not None:
-        optimizer.register_step_pre_hook(clip_before_step(clip_grad_norm))
-    return optimizer
-
-
-def optimizer_from_args(model: nn.Module, args, lr: float) -> torch.optim.Optimizer:
-    return build_optimizer(model, args.optimizer, lr, args.momentum, args.weight_decay, nesterov=args.nesterov,
-                           norm_weight_decay=args.norm_weight_decay, bias_weight_decay=args.bias_weight_decay,
-                           clip_grad_norm=args.clip_grad_norm)
-
+from train_outputs import EMA_FIELDS, metrics_csv, plot_training
+from train_setup import build_ema, build_scheduler, loss_from_args, mix_batch, optimizer_from_args
 
 # ------------------------------------------------------------------- loss
-
-
-class TrainingLoss(nn.CrossEntropyLoss):
-    """Cross-entropy with label smoothing, on class indices or on soft targets. ``mix`` (None when
-    both alphas are 0) turns a training batch into mixed images and soft targets: torchvision's
-    MixUp or CutMix, one of the two picked per batch when both are set. Evaluation calls the loss
-    on unmixed batches."""
-
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0):
-        super().__init__(label_smoothing=label_smoothing)
-        mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + \
-                ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
-        self.mix = v2.RandomChoice(mixes) if len(mixes) > 1 else mixes[0] if mixes else None
-
-
-def loss_from_args(args, num_classes: int) -> TrainingLoss:
-    return TrainingLoss(num_classes, args.label_smoothing, args.mixup_alpha, args.cutmix_alpha)
-
-
-def mix_batch(criterion, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch as the loss trains on it: mixed, with soft targets, when ``criterion`` mixes."""
-    mix = getattr(criterion, "mix", None)
-    return mix(x, y) if mix is not None else (x, y)
 
 
 # ------------------------------------------------------------------- weight average
 
 
-def build_ema(model: nn.Module, decay: float) -> AveragedModel:
-    """torch.optim.swa_utils' exponential moving average of the weights and buffers (batch-norm
-    statistics too), starting from the model's current weights: after k updates it holds
-    decay^k * w_0 + (1 - decay) * sum_i decay^(k-i) * w_i."""
-    plain = unwrap(model)
-    ema = AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    ema.update_parameters(plain)  # the first update copies: w_0
-    return ema
-
-
 # ------------------------------------------------------------------- schedules
-
-
-def lr_multiplier(step: int, scheduler: str, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0,
-                  step_size: int = 30, gamma: float = 0.1) -> float:
-    """Factor on the base rate for iteration ``step`` (0-based) of cosine/step/none with
-    optional linear warm-up. Step decay happens at epoch boundaries: every ``step_size`` epochs."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if scheduler == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if scheduler == "step":
-        return gamma ** ((step // steps_per_epoch) // step_size)
-    return 1.0
-
-
-def build_scheduler(optimizer, scheduler: str, lr: float, epochs: int, steps_per_epoch: int,
-                    warmup_epochs: int = 0, step_size: int = 30, gamma: float = 0.1):
-    """A scheduler stepped once per iteration: torch's OneCycleLR (``lr`` is its peak) or a
-    LambdaLR over ``lr_multiplier``."""
-    total = epochs * steps_per_epoch
-    if scheduler == "onecycle":
-        return OneCycleLR(optimizer, max_lr=lr, total_steps=total)
-    warmup = warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        return lr_multiplier(step, scheduler, total, steps_per_epoch, warmup, step_size, gamma)
-
-    return LambdaLR(optimizer, factor)
 
 
 # ------------------------------------------------------------------- one epoch
@@ -262,67 +114,6 @@ def evaluate(model, loader, criterion, device, amp_dtype, channels_last, dist: D
 # ------------------------------------------------------------------- the fit loop
 
 
-def read_lr_from(path: str) -> dict:
-    """A finder JSON with a usable ``suggested_lr``, refusing failed or incomplete sweeps."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise UserInputError(f"--lr_from {path}: cannot read it ({exc.strerror})") from None
-    except ValueError:
-        raise UserInputError(f"--lr_from {path}: not valid JSON; point it at a suggested_lr.json") from None
-    if not isinstance(record, dict) or record.get("success") is not True:
-        error = record.get("error", "no error recorded") if isinstance(record, dict) else "not an object"
-        raise UserInputError(f"--lr_from {path}: that sweep did not succeed ({error}); rerun the finder or pass --lr")
-    lr = record.get("suggested_lr")
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise UserInputError(f"--lr_from {path}: has no positive suggested_lr; rerun the finder or pass --lr")
-    return record
-
-
-def scale_lr(lr: float, from_batch: int, to_batch: int, optimizer: str) -> tuple[float, str]:
-    """Carry a rate found at one global batch to another (Goyal et al. 2017): linear for SGD,
-    square root for AdamW. Returns (rate, rule)."""
-    if from_batch == to_batch:
-        return lr, "none"
-    if optimizer == "adamw":
-        return lr * math.sqrt(to_batch / from_batch), "sqrt"
-    return lr * to_batch / from_batch, "linear"
-
-
-def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool,
-                 settings: dict | None = None) -> tuple[float, dict]:
-    """The training rate taken from a finder JSON, scaled to this run's global batch unless
-    ``no_scaling``; also what was done, for config.json, with a warning per rate-moving setting in
-    which the sweep differs from the training's ``settings`` (settings.RATE_SETTINGS)."""
-    record = read_lr_from(path)
-    found, from_batch = float(record["suggested_lr"]), record.get("global_batch_size") or record.get("batch_size")
-    if not isinstance(from_batch, int) or from_batch < 1 or no_scaling:
-        lr, rule = found, "none"
-    else:
-        lr, rule = scale_lr(found, from_batch, global_batch, optimizer)
-    swept_with = record.get("optimizer")
-    # A sweep recorded before the other settings were: only its optimizer can be compared.
-    swept = record.get("rate_settings") or ({"optimizer": swept_with} if swept_with else {})
-    warnings = setting_differences(swept, {**(settings or {}), "optimizer": optimizer})
-    return lr, {"file": path, "suggested_lr": found, "suggestion_method": record.get("suggestion_method"),
-                "sweep_global_batch": from_batch, "sweep_optimizer": swept_with, "train_optimizer": optimizer,
-                "train_global_batch": global_batch, "scaling": rule, "lr": lr, "sweep_recipe": record.get("recipe"),
-                "setting_warnings": warnings}
-
-
-def describe_lr_source(source: dict) -> str:
-    found, lr = source["suggested_lr"], source["lr"]
-    text = f"--lr_from {source['file']}: suggested {found:.3g} at global batch {source['sweep_global_batch']}"
-    if source["scaling"] == "none":
-        same = source["sweep_global_batch"] == source["train_global_batch"]
-        text += "; training with it as it is" + ("" if same else " (--no_lr_scaling)")
-    else:
-        rule = "linear (SGD)" if source["scaling"] == "linear" else "square root (AdamW)"
-        text += (f"; scaled to global batch {source['train_global_batch']} by the {rule} rule: {lr:.3g} "
-                 "(--no_lr_scaling keeps the found rate)")
-    return "\n".join([text, *source.get("setting_warnings", [])])
-
-
 def describe_recipe_settings(args) -> str:
     """One line: the loss, decay split and averaging the run uses."""
     recipe = f"recipe {args.recipe}: " if args.recipe else ""
@@ -343,42 +134,6 @@ def resolved_config(args, num_classes: int, precision: str, world_size: int, lr_
     config.update(num_classes=num_classes, precision=precision, channels_last=not args.no_channels_last,
                   world_size=world_size, global_batch_size=args.batch_size * world_size)
     return config
-
-
-def metrics_csv(history: list[dict]) -> str:
-    buf = io.StringIO()
-    fields = METRIC_FIELDS + [f for f in EMA_FIELDS if history and f in history[0]]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return buf.getvalue()
-
-
-def plot_training(path: Path, history: list[dict], lr_trace: list[float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
-                       ("ema_val_top1", "EMA val top-1")):
-        if key in history[0]:
-            ax_acc.plot(epochs, [h[key] for h in history], "o-", label=label)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    ax_lr.plot(range(len(lr_trace)), lr_trace)
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-    for ax in (ax_loss, ax_acc, ax_lr):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
 
 
 def run_training(args, dist: Distributed) -> int:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from images import to_model_input
 from lr_finder import RangeTest, amp_options
 from model_resnet50 import create_model
-from train import build_optimizer
+from train_setup import build_optimizer
 
 LR_START, LR_END = 1e-5, 1e-2  # low enough that no short sweep diverges and stops early
 

@@ -84,7 +84,7 @@ TEST_CASES = (  # cheapest first: the study runs them in this order
 
 QUICK_CASES = (
     Case("quick-digits-16px-b16", "fit", "digits", 16, 16, 1, lr_start=1e-3, lr_iter=20, max_samples=64,
-         grid=(1e-2, 4e-2, 0.16), verify_steps=2),
+         grid=(1e-2, 4e-2, 0.16), verify_steps=2, arch="resnet18"),
 )
 
 ALL_CASES = FIT_CASES + TEST_CASES

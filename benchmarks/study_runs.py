@@ -51,18 +51,18 @@ def prodigy_optimizer():
     """Training builds Prodigy (prodigyopt, its defaults) wherever it would build its optimizer."""
     from prodigyopt import Prodigy
 
-    import train
+    import train_setup
 
     def build(model, *args, **kwargs):
         print("Optimizer: Prodigy at its defaults (lr 1), replacing the command line's", flush=True)
         return Prodigy([p for p in model.parameters() if p.requires_grad], lr=1.0)
 
-    original = train.build_optimizer
-    train.build_optimizer = build
+    original = train_setup.build_optimizer
+    train_setup.build_optimizer = build
     try:
         yield
     finally:
-        train.build_optimizer = original
+        train_setup.build_optimizer = original
 
 
 class Runner:

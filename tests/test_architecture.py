@@ -14,7 +14,7 @@ LAYERS = {
              "report", "lr_plot", "demo_data"},
     "data, model, machine": {"images", "image_folder", "shards", "preprocess", "shard_writer", "model_resnet50",
                              "runtime", "recipes", "checkpoint"},
-    "sweep and training": {"lr_finder", "train", "lr_verify"},
+    "sweep and training": {"lr_finder", "train_setup", "lr_source", "train_outputs", "train", "lr_verify"},
     "workflow": {"find_lr"},
     "command line": {"cli"},
     "entry points": {"main", "run_lr_finder", "prepare_imagenet"},

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import FAST, REPO
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-SMALL = ["--input_size", "32", "--batch_size", "2", "--num_workers", "0", "--precision", "fp32"]
+SMALL = [*FAST, "--batch_size", "2"]
 
 
 def torchrun(*args, env_extra=None, timeout=300):

@@ -240,7 +240,7 @@ def test_nothing_found_is_one_line_naming_both_caches_and_the_fetch_command(imag
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     argv = ["--find_lr", "--data_dir", str(image_folder), "--lr_plot", str(tmp_path / "out" / "p.png"), *FAST,
-            "--use_pretrained"]
+            "--arch", "resnet50", "--use_pretrained"]
     assert main.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --use_pretrained: no ResNet-50 weights found")
@@ -251,7 +251,7 @@ def test_nothing_found_is_one_line_naming_both_caches_and_the_fetch_command(imag
 def test_find_lr_runs_from_microsofts_weights(reference, image_folder, tmp_path):
     out = tmp_path / "out"
     proc = run_cli("main.py", "--find_lr", "--data_dir", image_folder, "--lr_plot", out / "plot.png", *FAST,
-                   "--input_size", "72", "--lr_iter", "8", "--use_pretrained", "--pretrained_path", reference[1])
+                   "--arch", "resnet50", "--input_size", "72", "--lr_iter", "8", "--use_pretrained", "--pretrained_path", reference[1])
     assert proc.returncode == 0, proc.stderr
     assert f"Pretrained: loaded 318 tensors from {reference[1] / 'model.safetensors'}" in proc.stdout
     assert "classifier re-initialised for 3 classes" in proc.stdout and "stem" not in proc.stdout

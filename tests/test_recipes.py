@@ -14,10 +14,11 @@ from torch import nn
 import cli
 import main
 from lr_finder import RangeTest
+from lr_source import lr_from_json
 from recipes import RECIPES, setting_differences
-from train import TrainingLoss, build_ema, build_optimizer, lr_from_json, parameter_groups, split_parameters
+from train_setup import TrainingLoss, build_ema, build_optimizer, parameter_groups, split_parameters
 
-from conftest import REPO, kill_after, make_image_folder, run_cli
+from conftest import FAST, REPO, kill_after, make_image_folder, run_cli
 
 NVIDIA_WD = 3.0517578125e-05  # 1/32768
 
@@ -233,9 +234,9 @@ def test_lr_from_warns_once_per_rate_moving_setting_that_differs(tmp_path):
 
 # ------------------------------------------------------------------- kill and resume with EMA
 
-TRAIN = ["--recipe", "nvidia", "--lr", "0.02", "--epochs", "2", "--warmup_epochs", "0", "--input_size", "16",
-         "--batch_size", "4", "--num_workers", "0", "--precision", "fp32", "--seed", "1", "--mixup_alpha", "0.2",
-         "--cutmix_alpha", "1.0", "--model_ema", "--model_ema_decay", "0.8", "--no_plots"]
+TRAIN = ["--recipe", "nvidia", "--lr", "0.02", "--epochs", "2", "--warmup_epochs", "0", *FAST, "--input_size", "16",
+         "--seed", "1", "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--model_ema", "--model_ema_decay", "0.8",
+         "--no_plots"]
 STEPS_PER_EPOCH = 6  # 3 classes x 8 images, batch 4
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from errors import UserInputError
-from train import build_scheduler, describe_lr_source, lr_from_json, lr_multiplier, read_lr_from, scale_lr, topk_correct
+from lr_source import describe_lr_source, lr_from_json, read_lr_from, scale_lr
+from train import topk_correct
+from train_setup import build_scheduler, lr_multiplier
 
-from conftest import REPO, kill_after, make_image_folder, run_cli
+from conftest import FAST, REPO, kill_after, make_image_folder, run_cli
 
-TRAIN = ["--lr", "0.02", "--epochs", "2", "--input_size", "32", "--batch_size", "4", "--num_workers", "0",
-         "--precision", "fp32", "--seed", "1"]
+TRAIN = ["--lr", "0.02", "--epochs", "2", *FAST, "--seed", "1"]
 
 
 def lrs_of(scheduler_name, steps, **kw):
