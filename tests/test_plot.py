@@ -48,4 +48,4 @@ def test_plot_title_names_the_data(tmp_path, monkeypatch, demo):
     source = ["--demo", "--max_samples", "40"] if demo else ["--data_dir", str(data)]
     main.main(["--find_lr", *source, "--lr_plot", str(tmp_path / "out" / "p.png"), *FAST, "--lr_iter", "3"])
     expected = "digits" if demo else "flowers"
-    assert len(titles) == 1 and titles[0].startswith(f"LR range test: {expected}, resnet50, batch 4, "), titles
+    assert len(titles) == 1 and titles[0].startswith(f"LR range test: {expected}, resnet18, batch 4, "), titles

@@ -35,7 +35,7 @@ def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
     command = log.split("COMMAND\n")[1].split("\n")[1]
     assert "main.py --find_lr" in command and "--batch_size 4" in command and "--lr_end 1.0" in command
     output = log.split("OUTPUT (stdout and stderr)\n")[1]
-    assert "Range test: digits, resnet50, 24 training images in 3 classes" in output
+    assert "Range test: digits, resnet18, 24 training images in 3 classes" in output
     assert "10/10" in output  # the progress bar's final state, stderr captured too
     assert "\r" not in log
     assert f"Suggested LR       : {result['suggested_lr']:.2e}" in log
