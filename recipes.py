@@ -30,6 +30,7 @@ RECIPES = {
     },
 }
 
+
 def describe_recipes() -> str:
     """What each recipe sets, for --help."""
     def show(flag, value):

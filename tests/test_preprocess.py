@@ -75,6 +75,19 @@ def test_decode_handles_grey_cmyk_and_png_named_jpeg(tmp_path):
     assert decode_rgb(str(png)).shape == (10, 12, 3)
 
 
+@pytest.mark.parametrize("opencv", ["4.11+ (IMREAD_COLOR_RGB)", "older (BGR, then swapped)"])
+def test_decode_gives_rgb_on_every_opencv(opencv, tmp_path, monkeypatch):
+    import images
+
+    if opencv.startswith("older"):
+        monkeypatch.setattr(images, "IMREAD_RGB", None)
+    path = tmp_path / "rgb.png"
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 0], bgr[..., 1], bgr[..., 2] = 10, 20, 200  # OpenCV writes BGR: blue 10, green 20, red 200
+    cv2.imwrite(str(path), bgr)
+    assert images.decode_rgb(str(path))[2, 3].tolist() == [200, 20, 10]
+
+
 def test_balanced_subset_is_even_and_seeded():
     targets = [0] * 50 + [1] * 30 + [2] * 20
     chosen = balanced_subset(targets, 30, seed=3)
