@@ -28,10 +28,14 @@ def build_resnet50(num_classes: int = 1000, input_size: int = 224, zero_init_res
     begins as the identity (Goyal et al. 2017; NVIDIA's v1.5 recipe): without it a network
     trained from scratch blows up at rates it would otherwise learn at."""
     model = resnet50(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
-    if is_small_input(input_size):
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        model.maxpool = nn.Identity()
+    return with_small_input_stem(model) if is_small_input(input_size) else model
+
+
+def with_small_input_stem(model: nn.Module) -> nn.Module:
+    """A ResNet's 7x7/2 stem and max-pool replaced by a 3x3/1 convolution of the same width (CIFAR-style)."""
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
     return model
 
 
@@ -51,12 +55,7 @@ def build_model(arch: str = DEFAULT_ARCH, num_classes: int = 1000, input_size: i
     except (ValueError, KeyError):
         raise UserInputError(f"--arch {arch}: not a torchvision classification model; "
                              "try resnet50, resnet18, mobilenet_v3_small, ... (torchvision.models.list_models())") from None
-    if resnet and is_small_input(input_size):
-        width = model.conv1.out_channels
-        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        model.maxpool = nn.Identity()
-    return model
+    return with_small_input_stem(model) if resnet and is_small_input(input_size) else model
 
 
 def create_model(num_classes: int, input_size: int, device: torch.device, channels_last: bool = True,
