@@ -4,7 +4,6 @@ plot, history CSV, JSON and log next to ``--lr_plot``.
     uv run python main.py --find_lr --lr_plot ./outputs/lr_finder_imagenet1k.png --data_dir ./data
 """
 
-import json
 import os
 import shlex
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from atomic_io import atomic_write_json, atomic_write_text
 from errors import UserInputError
+from finder_result import Answer, FinderResult, SweepFacts, Trial, Verification, answer_warnings
 from images import to_model_input
 from lr_finder import RangeTest, amp_options
 from lr_plot import plot_sweep
@@ -24,65 +24,14 @@ from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
 from recipes import recipe_lr
-from report import analyse, history_csv, json_safe, render_log, study_line
+from report import console_lines, history_csv, optimizer_name, render_log
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from settings import rate_settings
-from suggest import (
-    AUTO,
-    Evidence,
-    SuggestionError,
-    auto_method,
-    confidence,
-    find_landmarks,
-    smooth,
-    spread_decades,
-    suggest_all,
-    suggested_range,
-    trusted_readings,
-)
+from suggest import SuggestionError, read_curve, smooth, suggest_all
 from train_setup import loss_from_args, optimizer_from_args
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 VERIFY_HELDOUT_BATCHES = 8  # held-out images for --lr_verify: this many batches (global)
-# the suggestion study's test cases, reported beside each default answer
-# (written by benchmarks/suggestion_study.py --study_record)
-STUDY_RECORD_FILE = Path(__file__).with_name("suggestion_study_record.json")
-
-
-def load_study_record(path: Path = STUDY_RECORD_FILE) -> dict:
-    """The committed study record; a missing or damaged one stops the run before the sweep, not after."""
-    try:
-        record = json.loads(path.read_text())
-        study_figures(record, "medium", "sgd")  # every field the report reads is there
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserInputError(f"{path}: the suggestion study's record is missing or damaged ({exc!r}); "
-                             f"restore it with: git checkout -- {path.name}") from None
-    return record
-
-
-def study_figures(record: dict, level: str, optimizer: str) -> dict:
-    """The record's counts for a default answer whose curve read ``level`` with ``optimizer``: the
-    test cases with both, with the level alone and with the optimizer alone (how many, how many
-    landed in the plateau, how many lost no more top-1 than the noise); the range's coverage; how
-    often each verification landed."""
-    cases = record["cases"]
-
-    def count(rows: list[dict]) -> dict:
-        return {"cases": len(rows), "in_plateau": sum(bool(r["in_plateau"]) for r in rows),
-                "within_noise": sum(bool(r["within_noise"]) for r in rows)}
-
-    sizes = [int(r["input_size"]) for r in cases]
-    return {"study": record["study"], "written": record["written"], "test_cases": len(cases),
-            "input_sizes": [min(sizes), max(sizes)], "curve_confidence": level, "optimizer": optimizer,
-            "same_confidence_and_optimizer": count([r for r in cases
-                                                    if r["confidence"] == level and r["optimizer"] == optimizer]),
-            "same_confidence": count([r for r in cases if r["confidence"] == level]),
-            "same_optimizer": count([r for r in cases if r["optimizer"] == optimizer]),
-            "range_covers_best": sum(bool(r["range_covers_best"]) for r in cases),
-            "verify_10_in_plateau": sum(bool(r["verify_10_in_plateau"]) for r in cases),
-            "verify_2_5_sweeps_in_plateau": sum(bool(r["verify_2_5_sweeps_in_plateau"]) for r in cases)}
-
-
 def output_paths(lr_plot: str) -> dict[str, str]:
     folder = os.path.dirname(lr_plot) or "."
     return {
@@ -141,59 +90,11 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
-def summarise(lrs, raw_losses, method: str, smooth_f: float, optimizer: str = "sgd") -> dict:
-    """Every method's rate, the landmarks and the assessment, or the reason there are none
-    (``method`` ``auto`` picks the reading by ``optimizer``)."""
-    try:
-        suggestions = suggest_all(lrs, raw_losses, smooth_f)
-        marks = find_landmarks(lrs, raw_losses)
-    except SuggestionError as exc:
-        return {"success": False, "error": f"no suggestion: {exc}", "suggested_lr": None}
-    if method == AUTO:
-        method = auto_method(optimizer)
-    result = {
-        "success": True,
-        "optimizer": optimizer,
-        "suggested_lr": suggestions[method],
-        "suggestion_method": method,
-        "suggestions": suggestions,
-        "loss_drop": round(marks.loss_drop, 4),
-        "edge_lr": marks.edge_lr,
-        "min_loss_lr": marks.min_lr,
-        "onecycle_max_lr": marks.onecycle_lr,
-        "blow_lr": marks.blow_lr,
-        "suggested_range": list(suggested_range(suggestions[method], optimizer, marks.blow_lr)),
-    }
-    result.update(assessment(result))
-    return result
-
-
-def assessment(result: dict) -> dict:
-    """Spread, confidence and analysis of a record's suggestions (again after --lr_verify)."""
-    verification = result.get("verification")
-    verified = None
-    if result.get("suggestion_method") == "verified":
-        rates = sorted(t["lr"] for t in verification)
-        verified = rates[0] < result["suggested_lr"] < rates[-1]
-    elif verification is not None:
-        verified = "inconclusive"
-    readings = trusted_readings(result["suggestions"], result.get("optimizer", "sgd"))
-    evidence = Evidence(result["loss_drop"], spread_decades(readings), result["edge_lr"] is not None, verified)
-    level = confidence(evidence)
-    verdict, warnings = analyse(result["suggested_lr"], level, evidence)
-    return {"spread_decades": round(evidence.spread, 3), "confidence": level,
-            "analysis": {"verdict": verdict, "warnings": warnings}}
-
-
 def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     """Run the sweep and write its results (rank 0); returns (exit code, suggested learning rate)."""
     paths = output_paths(args.lr_plot)
-    # the study measured the default reading of the training curve, nothing else
-    record = None
     if dist.is_main:
         ensure_writable(os.path.dirname(args.lr_plot) or ".")
-        if args.lr_suggest == AUTO and not args.lr_advanced:
-            record = load_study_record()
     device = dist.device
     say = print if dist.is_main else (lambda *a, **k: None)
     precision, why = select_precision(args.precision, device)
@@ -232,6 +133,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
     say(f"Device: {device}, precision {precision} ({why}), channels_last={channels_last}", flush=True)
 
     started = time.perf_counter()
+    verification = None
     with StopOnSignal(abort_on_second=not dist.enabled) as stop:
         finder = RangeTest(model, optimizer, criterion, device,
                            **amp_options(device, AMP_DTYPES[precision]),
@@ -240,29 +142,37 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
                            max_bad_fraction=MAX_BAD_FRACTION)
         sweep = finder.sweep(train_loader, args.lr_start, args.lr_end, num_iter, args.lr_step_mode,
                              args.lr_smooth_f, args.lr_diverge_th, val_loader, args.lr_val_batches)
-        elapsed = time.perf_counter() - started
-        result = sweep_record(args, dist, sweep, paths, num_iter, len(train_loader), elapsed, precision)
-        result.update(train_ds.layout)
-        curve_level = result.get("confidence")  # before --lr_verify re-assesses it
-        if args.lr_verify and result["success"] and sweep.stop_reason != "interrupted":
-            verify_suggestion(args, dist, result, model, optimizer, criterion, train_ds, val_ds, precision,
-                              channels_last, stop)
-    write_rank_history(sweep, dist)
+        facts = sweep_facts(args, dist, sweep, num_iter, time.perf_counter() - started)
+        # Advanced mode reads the validation loss measured after every step.
+        curve, error = read_sweep(sweep.val_losses if args.lr_advanced else sweep.raw_losses, sweep.lrs, args)
+        if args.lr_verify and curve is not None and sweep.stop_reason != "interrupted":
+            verification = verify_suggestion(args, dist, curve, model, optimizer, criterion, train_ds, val_ds,
+                                             precision, channels_last, stop)
     if dist.is_main:
-        if record is not None and curve_level and sweep.stop_reason != "interrupted":
-            result["study_record"] = study_figures(record, curve_level, result.get("optimizer", "sgd"))
+        result = build_result(args, dist, paths, train_ds, len(train_loader), sweep, facts, curve, error,
+                              verification, precision)
         write_results(args, paths, sweep, result)
-        report_to_user(result, paths)
-    suggested = dist.broadcast(result["suggested_lr"])
-    if "interrupted" in (sweep.stop_reason, result.get("verify_stop_reason")):
+        for line in console_lines(result, os.path.dirname(paths["json_file"]) or "."):
+            print(line, file=sys.stdout if result.success else sys.stderr)
+        sys.stdout.flush()
+    suggested = dist.broadcast(result.suggested_lr if dist.is_main else None)
+    if "interrupted" in (sweep.stop_reason, verification.stop_reason if verification else None):
         return SIGNAL_EXIT_CODES.get(stop.signum, 130), None
-    return (0, suggested) if result["success"] else (2, None)
+    return (0, suggested) if suggested is not None else (2, None)
 
 
-def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, criterion, train_ds, val_ds,
-                      precision: str, channels_last: bool, stop) -> None:
-    """``--lr_verify``: short complete trainings around the suggestion; their best becomes it when
-    the trials confirm it or clearly beat it (``lr_verify.judge``)."""
+def read_sweep(losses, lrs, args):
+    """(the curve's reading, None), or (None, why there is none)."""
+    try:
+        return read_curve(lrs, losses, args.optimizer, args.lr_suggest, args.lr_smooth_f), None
+    except SuggestionError as exc:
+        return None, f"no suggestion: {exc}"
+
+
+def verify_suggestion(args, dist: Distributed, curve, model, optimizer, criterion, train_ds, val_ds,
+                      precision: str, channels_last: bool, stop) -> Verification:
+    """``--lr_verify``: short complete trainings around the curve's answer; their best becomes the
+    answer when the trials confirm it or clearly beat it (``lr_verify.judge``)."""
     device = dist.device
     wanted = VERIFY_HELDOUT_BATCHES * args.batch_size * dist.world_size
     if val_ds is not None:
@@ -281,7 +191,7 @@ def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, c
         while True:
             yield from loader
 
-    center, (low, high) = result["suggested_lr"], result["suggested_range"]
+    center, low, high = curve.lr, curve.low, curve.high
     if dist.is_main:
         plan = halving_rounds(len(candidate_rates(center, low, high)), args.lr_verify)
         print(f"Verifying: {' then '.join(f'{n} rates x {k} steps' for n, k in plan)} across {low:.2e} to "
@@ -289,110 +199,66 @@ def verify_suggestion(args, dist: Distributed, result: dict, model, optimizer, c
     started = time.perf_counter()
     rounds, reason = verify_rates(model, optimizer, criterion, batches, heldout, center, args.lr_verify,
                                   device, low, high, AMP_DTYPES[precision], channels_last, dist, stop)
-    result.update(verification_record(rounds, reason, args.lr_verify, source, len(heldout_ds),
-                                      time.perf_counter() - started))
-    chosen, result["verify_outcome"] = outcome(rounds, center, len(heldout_ds))
-    if chosen is not None:
-        result["suggestions"]["verified"] = chosen.lr
-        result["suggested_lr"], result["suggestion_method"] = chosen.lr, "verified"
-    result.update(assessment(result))
+    chosen, verdict = outcome(rounds, center, len(heldout_ds))
+    trials = tuple(Trial(number, t.lr, t.loss, round(t.top1, 2), t.steps)
+                   for number, trials in enumerate(rounds, 1) for t in trials)
+    return Verification(args.lr_verify, sum(t.steps for t in trials), source, len(heldout_ds), reason, verdict,
+                        round(time.perf_counter() - started, 2), trials, chosen.lr if chosen is not None else None)
 
 
-def verification_record(rounds, reason: str, steps: int, source: str, images: int, elapsed: float) -> dict:
-    trials = [(number, t) for number, trials in enumerate(rounds, 1) for t in trials]
-    return {
-        "verification": [{"round": number, "lr": t.lr, "loss": t.loss, "top1": round(t.top1, 2), "steps": t.steps}
-                         for number, t in trials],
-        "verify_steps": steps,
-        "verify_total_steps": sum(t.steps for _, t in trials),
-        "verify_heldout": {"source": source, "images": images},
-        "verify_stop_reason": reason,
-        "verify_elapsed_s": round(elapsed, 2),
-    }
-
-
-def sweep_record(args, dist: Distributed, sweep, paths: dict, num_iter: int, batches_per_epoch: int,
-                 elapsed: float, precision: str) -> dict:
-    """Everything suggested_lr.json says about a sweep: settings, how it ended, suggestions."""
+def sweep_facts(args, dist: Distributed, sweep, num_iter: int, elapsed: float) -> SweepFacts:
     global_batch = args.batch_size * dist.world_size
-    result = {
-        "timestamp": datetime.now().isoformat(timespec="seconds"),
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "world_size": dist.world_size,
-        "global_batch_size": global_batch,
-        "lr_finder_epochs": round(sweep.steps_run / batches_per_epoch, 4),
-        "lr_start": args.lr_start,
-        "lr_end": args.lr_end,
-        "lr_iter": num_iter,
-        "lr_step_mode": args.lr_step_mode,
-        "optimizer": args.optimizer,
-        "recipe": args.recipe,
-        "rate_settings": rate_settings(args),
-        "recipe_lr": recipe_lr(args.recipe, global_batch),
-        "steps_run": sweep.steps_run,
-        "stop_reason": sweep.stop_reason,
-        "stop_step": sweep.stop_step,
-        "stop_lr": sweep.stop_lr,
-        "diverged": sweep.stop_reason in ("diverged", "non_finite_loss"),
-        "curve": "validation" if args.lr_advanced else "training",
-        "bad_images": sweep.bad_images,
-        "skipped_steps": sweep.skipped_steps,
-        "device": str(dist.device),
-        "precision": precision,
-        "channels_last": not args.no_channels_last,
-        "seed": args.seed,
-        "elapsed_s": round(elapsed, 2),
-        "images_per_second": round(sweep.steps_run * global_batch / elapsed, 1) if elapsed > 0 else None,
-        **{k: v for k, v in paths.items() if k != "json_file"},
-    }
-    # Advanced mode reads the validation loss measured after every step.
-    curve = sweep.val_losses if args.lr_advanced else sweep.raw_losses
-    result.update(summarise(sweep.lrs, curve, args.lr_suggest, args.lr_smooth_f, args.optimizer))
-    if args.lr_advanced:
+    return SweepFacts(
+        lr_start=args.lr_start, lr_end=args.lr_end, lr_iter=num_iter, lr_step_mode=args.lr_step_mode,
+        steps_run=sweep.steps_run, stop_reason=sweep.stop_reason, stop_step=sweep.stop_step,
+        stop_lr=sweep.stop_lr, curve="validation" if args.lr_advanced else "training",
+        world_size=dist.world_size, bad_images=sweep.bad_images, skipped_steps=tuple(sweep.skipped_steps),
+        elapsed_s=round(elapsed, 2),
+        images_per_second=round(sweep.steps_run * global_batch / elapsed, 1) if elapsed > 0 else None)
+
+
+def build_result(args, dist: Distributed, paths: dict, train_ds, batches_per_epoch: int, sweep, facts: SweepFacts,
+                 curve, error: str | None, verification: Verification | None, precision: str) -> FinderResult:
+    """The one result of the run, built once from what it measured."""
+    answer = None
+    if curve is not None:
+        chosen = verification.chosen_lr if verification is not None else None
+        lr, method = (chosen, "verified") if chosen is not None else (curve.lr, curve.method)
+        global_batch = args.batch_size * dist.world_size
+        answer = Answer(lr, method, curve.low, curve.high, args.optimizer, global_batch, rate_settings(args),
+                        args.recipe, recipe_lr(args.recipe, global_batch),
+                        answer_warnings(lr, curve, verification))
+    training_readings = None
+    if args.lr_advanced and curve is not None:
         try:
-            result["suggestions_training_curve"] = suggest_all(sweep.lrs, sweep.raw_losses, args.lr_smooth_f)
+            training_readings = suggest_all(sweep.lrs, sweep.raw_losses, args.lr_smooth_f)
         except SuggestionError:
-            result["suggestions_training_curve"] = None
-    return result
+            pass
+    return FinderResult(
+        success=answer is not None, dataset=args.dataset, batch_size=args.batch_size,
+        timestamp=datetime.now().isoformat(timespec="seconds"),
+        plot_file=paths["plot_file"] if sweep.steps_run else None, log_file=paths["log_file"],
+        history_file=paths["history_file"], error=error, answer=answer, curve=curve,
+        training_curve_readings=training_readings, sweep=facts, verification=verification,
+        data={"data_dir": args.data_dir, "images": len(train_ds), "classes": len(train_ds.classes),
+              "batches_per_epoch": batches_per_epoch, **train_ds.layout},
+        machine={"device": str(dist.device), "precision": precision, "channels_last": not args.no_channels_last},
+        configuration=dict(sorted(vars(args).items())))  # effective: after --demo, the recipe and derived values
 
 
-def write_rank_history(sweep, dist: Distributed) -> None:
-    """Test-only: with LR_FINDER_DEBUG_RANK_HISTORY=DIR each rank writes the curve it saw, so a
-    test can check that all ranks recorded the same one."""
-    folder = os.environ.get("LR_FINDER_DEBUG_RANK_HISTORY")
-    if folder:
-        atomic_write_json(Path(folder) / f"rank{dist.rank}.json", json_safe(
-            {"lrs": sweep.lrs, "losses": sweep.losses, "raw_losses": sweep.raw_losses,
-             "stop_reason": sweep.stop_reason, "world_size": dist.world_size}))
-
-
-def write_results(args, paths: dict, sweep, result: dict) -> None:
+def write_results(args, paths: dict, sweep, result: FinderResult) -> None:
     """History, plot, JSON and log; each written atomically."""
     atomic_write_text(paths["history_file"], history_csv(
         sweep.lrs, sweep.raw_losses, smooth(sweep.raw_losses, args.lr_smooth_f), sweep.val_losses))
-    title = (f"LR range test: {data_name(args.dataset, args.data_dir)}, {args.arch}, batch {result['global_batch_size']}, "
-             f"{sweep.steps_run}/{result['lr_iter']} steps ({sweep.stop_reason})")
-    if result.get("study_record"):
-        title += f"\n{study_line(result['study_record'])}"
     if sweep.steps_run:
-        plot_sweep(paths["plot_file"], sweep, result.get("suggestions") or {}, result.get("suggestion_method"), title,
-                   args.lr_smooth_f, result.get("verification"), result.get("suggested_range"))
-    config = dict(sorted(vars(args).items()))  # effective: after --demo and the derived defaults
-    atomic_write_json(paths["json_file"], json_safe({**result, "config": config}))
-    note = ("(not captured when main.py is run directly; run_lr_finder.py records the full output here)")
-    atomic_write_text(paths["log_file"], render_log(config, shlex.join([sys.executable] + sys.argv), note, result))
+        plot_sweep(paths["plot_file"], result, sweep, args.lr_smooth_f, plot_title(result, args), args.lr_advanced)
+    atomic_write_json(paths["json_file"], result.to_json())
+    note = "(not captured when main.py is run directly; run_lr_finder.py records the full output here)"
+    atomic_write_text(paths["log_file"], render_log(result, shlex.join([sys.executable] + sys.argv), note))
 
 
-def report_to_user(result: dict, paths: dict) -> None:
-    if result["success"]:
-        print(f"Suggested learning rate: {result['suggested_lr']:.2e} ({result['suggestion_method']}, "
-              f"confidence {result['confidence']}); stop reason: {result['stop_reason']}")
-        if result.get("study_record"):
-            print(f"  {study_line(result['study_record'])}")
-    else:
-        print(f"error: {result['error']}", file=sys.stderr)
-    for key in ("plot_file", "log_file", "history_file"):
-        print(f"  {key:<13} {paths[key]}")
-    print(f"  {'json_file':<13} {paths['json_file']}", flush=True)
+def plot_title(result: FinderResult, args) -> str:
+    """One line: data, model, optimizer, global batch and steps."""
+    s = result.sweep
+    return (f"LR range test: {data_name(args.dataset, args.data_dir)}, {args.arch}, {optimizer_name(args.optimizer)}, "
+            f"batch {result.batch_size * s.world_size}, {s.steps_run} of {s.lr_iter} steps")

@@ -1,7 +1,8 @@
-"""The range test's plot: loss against learning rate, the answer and its range, and the
-``--lr_verify`` trials beside it. Matplotlib (Agg) is imported only when a plot is drawn.
+"""The range test's plot, drawn from its ``FinderResult`` and the sweep's curve: loss against
+learning rate, the answer and its range, where the loss turns up, and the ``--lr_verify`` trials
+beside it. Matplotlib (Agg) is imported only when a plot is drawn.
 
-    plot_sweep("lr_finder.png", sweep, suggestions, chosen="rise", title="...", smooth_f=0.05)
+    plot_sweep("lr_finder.png", result, sweep, smooth_f=0.05, title="LR range test: ...")
 """
 
 import math
@@ -24,11 +25,10 @@ def loss_ylim(curve, also_visible=()) -> tuple[float, float]:
     return low - margin, top + margin
 
 
-def plot_sweep(path: str, sweep, suggestions: dict[str, float], chosen: str | None, title: str,
-               smooth_f: float, verification: list[dict] | None = None, shade: tuple | None = None) -> None:
-    """Loss against learning rate (log x), the chosen suggestion as a red dashed line, the
-    suggested range (``shade``) shaded; with ``verification`` (``--lr_verify``), a second panel with
-    the trials' held-out loss and top-1, one line per round."""
+def plot_sweep(path: str, result, sweep, smooth_f: float, title: str, advanced: bool = False) -> None:
+    """Loss against learning rate (log x): the raw and smoothed loss, the answer as a red dashed
+    line, its range shaded, and where the loss turns up. ``advanced`` (``--lr_advanced``) adds the
+    other readings. With ``--lr_verify``, a second panel shows the trials' held-out loss and top-1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,55 +36,58 @@ def plot_sweep(path: str, sweep, suggestions: dict[str, float], chosen: str | No
 
     from atomic_io import atomic_savefig
 
-    if verification:
+    verification = result.verification
+    if verification and verification.trials:
         fig, (ax, ax_verify) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     else:
-        fig, ax = plt.subplots(figsize=(9, 5.5))
+        fig, ax, ax_verify = *plt.subplots(figsize=(9, 5.5)), None
     validation = bool(sweep.val_losses)
-    ax.plot(sweep.lrs, sweep.raw_losses, color="0.8", lw=0.7, label="training loss (raw)")
+    ax.plot(sweep.lrs, sweep.raw_losses, color="0.8", lw=0.7, label="training loss")
     train_smooth = smooth(sweep.raw_losses, smooth_f)
-    ax.plot(sweep.lrs, train_smooth, color="tab:blue", lw=1.8, label="training loss (smoothed)")
+    ax.plot(sweep.lrs, train_smooth, color="tab:blue", lw=1.8, label="training loss, smoothed")
     if validation:
-        ax.plot(sweep.lrs, sweep.losses, color="tab:green", lw=1.8, label="validation loss (smoothed)")
+        ax.plot(sweep.lrs, sweep.losses, color="tab:green", lw=1.8, label="validation loss, smoothed")
     ax.set_ylim(*loss_ylim(train_smooth + (sweep.losses if validation else []), sweep.raw_losses))
-    markers = {"valley": ("tab:orange", ":"), "minimum": ("tab:purple", "-."), "steepest": ("tab:brown", ":")}
-    for name, lr in suggestions.items():
-        if name == chosen:
-            ax.axvline(lr, color="red", ls="--", lw=1.6, label=f"suggested ({name}): {lr:.2e}")
-        else:
-            color, style = markers.get(name, ("0.4", ":"))
-            ax.axvline(lr, color=color, ls=style, lw=1.0, label=f"{name}: {lr:.2e}")
-    if shade:
-        ax.axvspan(*shade, color="tab:green", alpha=0.1, label=f"suggested range: {shade[0]:.2e} to {shade[1]:.2e}")
-    if sweep.stop_reason in ("diverged", "non_finite_loss") and sweep.stop_lr:
-        ax.axvspan(sweep.stop_lr, max(sweep.lrs[-1], sweep.stop_lr) * 1.5, color="red", alpha=0.08,
-                   label=f"{sweep.stop_reason.replace('_', ' ')} from {sweep.stop_lr:.2e}")
+    curve, answer = result.curve, result.answer
+    if answer is not None:
+        ax.axvspan(answer.low, answer.high, color="tab:green", alpha=0.1,
+                   label=f"expected best: {answer.low:.2e} to {answer.high:.2e}")
+        ax.axvline(answer.lr, color="red", ls="--", lw=1.6, label=f"learning rate: {answer.lr:.2e}")
+    if curve is not None and curve.edge_lr is not None:
+        ax.axvline(curve.edge_lr, color="0.25", ls=":", lw=1.2, label=f"loss turns up: {curve.edge_lr:.2e}")
+    if advanced and curve is not None:
+        markers = {"rise": ("tab:orange", ":"), "valley": ("tab:olive", ":"), "minimum": ("tab:purple", "-."),
+                   "steepest": ("tab:brown", ":")}
+        for name, lr in curve.readings.items():
+            if answer is None or not math.isclose(lr, answer.lr):
+                color, style = markers.get(name, ("0.4", ":"))
+                ax.axvline(lr, color=color, ls=style, lw=1.0, label=f"{name}: {lr:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="upper left", fontsize=8)
-    if verification:
-        plot_verification(ax_verify, verification, suggestions.get("verified"))
+    if ax_verify is not None:
+        plot_verification(ax_verify, verification.trials, verification.chosen_lr)
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
 
 
-def plot_verification(ax, verification: list[dict], best: float | None) -> None:
+def plot_verification(ax, verification, best: float | None) -> None:
     """Held-out loss (left axis) and top-1 (right axis) of each ``--lr_verify`` trial."""
     import matplotlib.ticker
     top1 = ax.twinx()
-    rounds = sorted({t.get("round", 1) for t in verification})
+    rounds = sorted({t.round for t in verification})
     for number in rounds:
-        trials = [t for t in verification if t.get("round", 1) == number]
-        lrs = [t["lr"] for t in trials]
-        losses = [t["loss"] if t["loss"] is not None and math.isfinite(t["loss"]) else float("nan") for t in trials]
+        trials = [t for t in verification if t.round == number]
+        lrs = [t.lr for t in trials]
+        losses = [t.loss if t.loss is not None and math.isfinite(t.loss) else float("nan") for t in trials]
         shade = 0.35 + 0.65 * number / len(rounds)  # later rounds (longer trials) darker
         ax.plot(lrs, losses, "o-", color="tab:blue", alpha=shade,
-                label=f"held-out loss, round {number} ({trials[0]['steps']} steps)")
-        top1.plot(lrs, [t["top1"] for t in trials], "s--", color="tab:green", alpha=shade,
+                label=f"held-out loss, round {number} ({trials[0].steps} steps)")
+        top1.plot(lrs, [t.top1 for t in trials], "s--", color="tab:green", alpha=shade,
                   label=f"held-out top-1 (%), round {number}")
     ax.set_xscale("log")
     ax.set_yscale("log")  # a diverged trial's loss would flatten the others

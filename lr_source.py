@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from errors import UserInputError
+from finder_result import SCHEMA_VERSION
 from recipes import setting_differences
 
 
@@ -28,6 +29,9 @@ def read_lr_from(path: str) -> dict:
     lr = record.get("suggested_lr")
     if not isinstance(lr, (int, float)) or not lr > 0:
         raise UserInputError(f"--lr_from {path}: has no positive suggested_lr; rerun the finder or pass --lr")
+    if record.get("schema_version") != SCHEMA_VERSION or not isinstance(record.get("answer"), dict):
+        raise UserInputError(f"--lr_from {path}: written by an older version of the finder (no schema_version "
+                             f"{SCHEMA_VERSION}); rerun the finder, or pass --lr {lr:.3g}")
     return record
 
 
@@ -47,18 +51,18 @@ def lr_from_json(path: str, global_batch: int, optimizer: str, no_scaling: bool,
     ``no_scaling``; also what was done, for config.json, with a warning per rate-moving setting in
     which the sweep differs from the training's ``settings`` (settings.RATE_SETTINGS)."""
     record = read_lr_from(path)
-    found, from_batch = float(record["suggested_lr"]), record.get("global_batch_size") or record.get("batch_size")
+    answer = record["answer"]
+    found, from_batch = float(record["suggested_lr"]), answer.get("global_batch_size")
     if not isinstance(from_batch, int) or from_batch < 1 or no_scaling:
         lr, rule = found, "none"
     else:
         lr, rule = scale_lr(found, from_batch, global_batch, optimizer)
-    swept_with = record.get("optimizer")
-    # A sweep recorded before the other settings were: only its optimizer can be compared.
-    swept = record.get("rate_settings") or ({"optimizer": swept_with} if swept_with else {})
+    swept_with = answer.get("optimizer")
+    swept = answer.get("rate_settings") or ({"optimizer": swept_with} if swept_with else {})
     warnings = setting_differences(swept, {**(settings or {}), "optimizer": optimizer})
-    return lr, {"file": path, "suggested_lr": found, "suggestion_method": record.get("suggestion_method"),
+    return lr, {"file": path, "suggested_lr": found, "suggestion_method": answer.get("method"),
                 "sweep_global_batch": from_batch, "sweep_optimizer": swept_with, "train_optimizer": optimizer,
-                "train_global_batch": global_batch, "scaling": rule, "lr": lr, "sweep_recipe": record.get("recipe"),
+                "train_global_batch": global_batch, "scaling": rule, "lr": lr, "sweep_recipe": answer.get("recipe"),
                 "setting_warnings": warnings}
 
 

@@ -1,15 +1,25 @@
-"""The finder's result as text: the history CSV, the advice on an answer (``analyse``) and
-``lr_finder_log.txt``.
+"""The finder's result as text, read from its ``FinderResult``: the console lines, ``lr_finder_log.txt``
+and the history CSV. Numbers as a person reads them: rates in scientific notation, fractions in
+percent, times in seconds.
 
 No torch here, so ``run_lr_finder.py`` can use it without importing the model stack.
 """
 
 import csv
 import io
+import os
 
-from suggest import LOW_DROP, VERY_HIGH_LR, VERY_LOW_LR, Evidence
+from finder_result import FinderResult
 
 RULE = "=" * 80
+OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
+READING_MEANS = {
+    "rise": "half the rate at which the loss turns up",
+    "minimum": "a tenth of the rate at the loss's lowest point",
+    "steepest": "where the loss fell fastest",
+    "valley": "fastai's valley: two thirds down the longest fall",
+    "verified": "the best of --lr_verify's short trainings",
+}
 
 
 def history_csv(lrs, raw_losses, smoothed, val_losses=None) -> str:
@@ -23,188 +33,177 @@ def history_csv(lrs, raw_losses, smoothed, val_losses=None) -> str:
     return buf.getvalue()
 
 
-def json_safe(value):
-    """NaN/inf become None so the JSON stays strict."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+def optimizer_name(optimizer: str) -> str:
+    return OPTIMIZER_NAMES.get(optimizer, optimizer)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.0f} s" if value < 600 else f"{value / 60:.0f} min"
+
+
+# ------------------------------------------------------------------------ console
+
+
+def answer_line(result: FinderResult) -> str:
+    """The rate, what it is for, and where the best rate of a full training is expected."""
+    a = result.answer
+    checked = f"; checked by --lr_verify ({result.verification.outcome})" if result.verification else ""
+    return (f"Learning rate: {a.lr:.2e} ({optimizer_name(a.optimizer)}, global batch {a.global_batch_size}{checked}); "
+            f"best expected between {a.low:.2e} and {a.high:.2e}")
+
+
+def evidence_line(result: FinderResult) -> str:
+    """How far the loss fell, where it turned up, and how the sweep ended, in plain numbers."""
+    c = result.curve
+    text = (f"Evidence: the loss fell {c.loss_drop:.0%} (from {c.start_loss:.3g} to {c.min_loss:.3g} at "
+            f"{c.min_loss_lr:.2e})")
+    text += f" and turns up from {c.edge_lr:.2e}" if c.edge_lr is not None else " and never turned up"
+    return f"{text}; {sweep_end(result)}"
+
+
+def sweep_end(result: FinderResult) -> str:
+    s = result.sweep
+    if s.stop_reason == "interrupted":
+        return f"the sweep was interrupted after {s.steps_run} of {s.lr_iter} steps: the answer reads that part"
+    if s.stopped_by_the_loss:
+        what = "blew up" if s.stop_reason == "diverged" else "stopped being a number"
+        return (f"the sweep ended where the loss {what}, at {s.stop_lr:.2e} after {s.steps_run} of {s.lr_iter} "
+                "steps, as a range test does")
+    return f"the sweep ran all {s.steps_run} steps up to {s.lr_end:.2e}"
+
+
+def outputs_line(result: FinderResult, folder: str) -> str:
+    names = [os.path.basename(p) for p in (result.plot_file, result.log_file) if p]
+    names += ["suggested_lr.json"] + ([os.path.basename(result.history_file)] if result.history_file else [])
+    return f"Outputs in {folder}: {', '.join(names)}"
+
+
+def console_lines(result: FinderResult, folder: str) -> list[str]:
+    """What the run prints at its end: the answer, its evidence, any warning, where the files are."""
+    if not result.success:
+        return [f"error: {result.error}", outputs_line(result, folder)]
+    lines = [answer_line(result), evidence_line(result)]
+    lines += [f"Warning: {w}" for w in result.answer.warnings]
+    return lines + [outputs_line(result, folder)]
+
+
+# ------------------------------------------------------------------------ the log
 
 
 def _section(title: str, body: str) -> str:
     return f"{RULE}\n{title}\n{RULE}\n{body.rstrip()}\n"
 
 
-def render_log(config: dict, command: str, output: str, result: dict) -> str:
-    """The full log: configuration, command, captured output, results, analysis, next steps."""
+def render_log(result: FinderResult, command: str, output: str) -> str:
+    """The log: the answer first, then the results, the analysis with next steps, the
+    configuration, the command and the captured output."""
+    config = result.configuration
     width = max((len(k) for k in config), default=0)
+    summary = console_lines(result, os.path.dirname(result.log_file) or ".")[:-1]
     parts = [
-        _section("LR FINDER LOG", f"Written: {result.get('timestamp', '')}"),
-        _section("CONFIGURATION", "\n".join(f"{k:<{width}} : {v}" for k, v in config.items())),
+        _section("LR FINDER LOG", "\n".join([f"Written: {result.timestamp}", "", *summary])),
+        _section("RESULTS", results_text(result)),
+        _section("ANALYSIS", analysis_text(result)),
+        _section("CONFIGURATION", "\n".join(f"{k:<{width}} : {v}" for k, v in config.items())
+                 or "(not recorded)"),
         _section("COMMAND", command),
         _section("OUTPUT (stdout and stderr)", output or "(no output captured)"),
-        _section("RESULTS", _results_text(result)),
-        _section("ANALYSIS", _analysis_text(result)),
     ]
     return "\n".join(parts)
 
 
-def _fmt(value) -> str:
-    return f"{value:.2e}" if isinstance(value, float) else str(value)
+def _rows(pairs) -> list[str]:
+    return [f"{name:<19}: {value}" for name, value in pairs if value is not None]
 
 
-def _results_text(result: dict) -> str:
-    lines = [f"Success            : {result.get('success')}"]
-    if result.get("error"):
-        lines.append(f"Error              : {result['error']}")
-    if result.get("suggested_lr") is not None:
-        lines.append(f"Suggested LR       : {result['suggested_lr']:.2e} ({result.get('suggestion_method')})")
-    if result.get("suggested_range"):
-        low, high = result["suggested_range"]
-        lines.append(f"Suggested range    : {low:.2e} to {high:.2e} (where the best rate is expected to lie)")
-    for name, lr in (result.get("suggestions") or {}).items():
-        lines.append(f"  {name:<17}: {_fmt(lr)}")
-    if result.get("verification"):
-        held = result.get("verify_heldout") or {}
-        lines.append(f"Verification       : {result.get('verify_steps')} steps per trial in the first round, doubled "
-                     f"each round for the better half, scored on {held.get('images')} held-out images from "
-                     f"{held.get('source')} ({result.get('verify_stop_reason')}; {result.get('verify_outcome')})")
-        for trial in result["verification"]:
-            loss = trial["loss"]
-            shown = f"{loss:.4f}" if isinstance(loss, float) else "diverged"
-            lines.append(f"  round {trial.get('round', 1)}, lr {trial['lr']:.2e}, {trial['steps']} steps: "
-                         f"held-out loss {shown}, top-1 {trial['top1']:.1f} %")
-    keys = ["confidence", "loss_drop", "edge_lr", "min_loss_lr", "spread_decades", "onecycle_max_lr", "stop_reason", "stop_step", "stop_lr", "steps_run",
-            "lr_iter", "lr_finder_epochs", "bad_images", "skipped_steps", "device", "precision",
-            "global_batch_size", "recipe", "recipe_lr", "elapsed_s", "images_per_second", "plot_file", "history_file",
-            "log_file"]
-    lines += [f"{k:<19}: {_fmt(result[k])}" for k in keys if result.get(k) is not None]
+def results_text(result: FinderResult) -> str:
+    pairs = [("Success", "yes" if result.success else "no"), ("Error", result.error)]
+    a, c, s = result.answer, result.curve, result.sweep
+    if a is not None:
+        pairs += [
+            ("Learning rate", f"{a.lr:.2e} ({a.method}: {READING_MEANS.get(a.method, a.method)})"),
+            ("For", f"{optimizer_name(a.optimizer)} at global batch {a.global_batch_size} "
+                    f"({result.batch_size} per process x {s.world_size})"),
+            ("Expected best", f"{a.low:.2e} to {a.high:.2e} (how far the best rate lay from the answer on the "
+                              "study's fit cases)"),
+            ("Rule", f"{a.rule} (how it fared against trainings at a grid of rates: {a.rule_doc})"),
+            ("Recipe's own rate", f"{a.recipe_lr:.2e} ({a.recipe}, at this global batch)" if a.recipe_lr else None),
+        ]
+    if c is not None:
+        pairs += [
+            ("Loss fell", f"{c.loss_drop:.0%}, from {c.start_loss:.4g} to {c.min_loss:.4g}"),
+            ("Lowest loss at", f"{c.min_loss_lr:.2e}"),
+            ("Loss turns up at", f"{c.edge_lr:.2e}" if c.edge_lr is not None else "never, in this sweep"),
+            ("Loss blows up at", f"{c.blow_lr:.2e} (half as high again as at the start)" if c.blow_lr else None),
+            ("One-cycle peak", f"{c.onecycle_max_lr:.2e} (for --scheduler onecycle only: the peak, not the rate)"),
+            ("Readings", ", ".join(f"{k} {v:.2e}" for k, v in c.readings.items())),
+        ]
+    if s is not None:
+        pairs += [
+            ("Sweep", f"{s.steps_run} of {s.lr_iter} steps, {s.lr_start:.2e} to {s.lr_end:.2e} ({s.lr_step_mode}), "
+                      f"{result.lr_finder_epochs:.3g} epochs of the data"),
+            ("How it ended", sweep_end(result)),
+            ("Curve read", f"{s.curve} loss"),
+            ("Unreadable images", f"{s.bad_images} skipped" if s.bad_images else None),
+            ("Skipped steps", ", ".join(map(str, s.skipped_steps)) if s.skipped_steps else None),
+            ("Time", f"{seconds(s.elapsed_s)}" + (f", {s.images_per_second:g} images/s" if s.images_per_second
+                                                  else "")),
+        ]
+    m, d = result.machine, result.data
+    if m:
+        pairs.append(("Machine", f"{m.get('device')}, {m.get('precision')}"
+                                 + (", channels_last" if m.get("channels_last") else "")))
+    if d.get("images"):
+        pairs.append(("Data", f"{d.get('data_dir')} ({d.get('data_layout')}): {d['images']} images in "
+                              f"{d.get('classes')} classes"))
+    lines = _rows(pairs)
+    if result.verification:
+        lines += ["", *verification_text(result)]
     return "\n".join(lines)
 
 
-def _analysis_text(result: dict) -> str:
-    analysis = result.get("analysis") or {}
-    if not result.get("success") or result.get("suggested_lr") is None:
-        return ("❌ No learning rate could be suggested.\n\n"
-                "Recommended next steps:\n1. Read the error above and the output section\n"
-                "2. Fix the input and run the finder again")
-    lr = result["suggested_lr"]
-    lines = [("✅ " if not analysis.get("warnings") else "⚠️ ") + analysis.get("verdict", "")]
-    lines += [f"⚠️  {w}" for w in analysis.get("warnings", [])]
-    if result.get("suggested_range"):
-        low, high = result["suggested_range"]
-        lines += ["", f"The suggested range, {low:.2e} to {high:.2e}, is where the best rate of a full training "
-                      "is expected to lie around this answer: how far the best rate lay from the answer on the "
-                      "cases the rule was fitted to. --lr_verify N tries the rates across it with short trainings."]
-    if result.get("study_record"):
-        lines += ["", study_text(result["study_record"], verified=result.get("verification") is not None)]
-    lines += ["", "Recommended next steps:"]
-    lines += [f"{i}. {step}" for i, step in enumerate(next_steps(result, lr), 1)]
+def verification_text(result: FinderResult) -> list[str]:
+    v = result.verification
+    lines = [f"--lr_verify: {len(v.trials)} short trainings, {v.total_steps} steps in all ({seconds(v.elapsed_s)}); "
+             f"the first round {v.first_round_steps} steps each, doubled each round for the better half; scored on "
+             f"{v.heldout_images} held-out images from {v.heldout_source}; {v.outcome}"]
+    for t in v.trials:
+        loss = f"{t.loss:.4f}" if t.loss is not None else "diverged"
+        lines.append(f"  round {t.round}, lr {t.lr:.2e}, {t.steps} steps: held-out loss {loss}, top-1 {t.top1:.1f}%")
+    return lines
+
+
+def analysis_text(result: FinderResult) -> str:
+    if not result.success:
+        return ("No learning rate could be suggested: " + (result.error or "see the output below") + "\n\n"
+                "Next steps:\n1. Read the error and the output section below\n"
+                "2. Fix what it names and run the finder again")
+    warnings = result.answer.warnings
+    lines = ["Warnings, each with what to do:", *[f"- {w}" for w in warnings]] if warnings else [
+        "No warnings: the loss fell, turned up, and the sweep reached the rates where training becomes unstable."]
+    lines += ["", "Next steps:", *[f"{i}. {step}" for i, step in enumerate(next_steps(result), 1)]]
     return "\n".join(lines)
 
 
-def study_line(fig: dict) -> str:
-    """One line: how often the default landed on the study's held-out cases with this optimizer and
-    the curve's confidence level (``study_record`` in the JSON)."""
-    same, level, optimizer = fig["same_confidence_and_optimizer"], fig["curve_confidence"], fig["optimizer"]
-    if not same["cases"]:
-        return f"study: no held-out case had {optimizer} at curve confidence {level}, so it is not measured"
-    few = " (too few to tell)" if same["cases"] < 3 else ""
-    return (f"study: with {optimizer} at curve confidence {level}, the default landed among the best rates "
-            f"on {same['in_plateau']} of {same['cases']} held-out cases{few}")
-
-
-def study_text(fig: dict, verified: bool) -> str:
-    """The study's record behind a default answer, in words, with its numbers."""
-    def landed(c: dict) -> str:
-        return f"{c['in_plateau']} of {c['cases']}" if c["cases"] else "no case"
-
-    n, (low, high) = fig["test_cases"], fig["input_sizes"]
-    level, optimizer, same = fig["curve_confidence"], fig["optimizer"], fig["same_confidence_and_optimizer"]
-    text = (f"Suggestion study ({fig['study']}, record of {fig['written']}): on {n} small test cases the rule "
-            f"was not fitted to ({low} to {high} px images, trained on a CPU; not ImageNet), the default answer "
-            "from the curve alone was compared with trainings at a grid of rates. It landed when it fell in the "
-            "plateau of best rates (top-1 within the seed noise of the best, widened half-way to the next grid "
-            f"rate). With {optimizer} at confidence {level}: landed on {landed(same)}"
-            + (f", lost no more top-1 than the noise on {same['within_noise']} of {same['cases']}" if same["cases"] else "")
-            + f". At confidence {level}, any optimizer: {landed(fig['same_confidence'])}. With {optimizer}, any "
-            f"confidence: {landed(fig['same_optimizer'])}. The suggested range covered the best rate on "
-            f"{fig['range_covers_best']} of {n}. --lr_verify landed on {fig['verify_10_in_plateau']} of {n} with "
-            f"10-step first rounds and on {fig['verify_2_5_sweeps_in_plateau']} of {n} at about 2.5 sweeps of "
-            "extra cost.")
-    if verified:
-        text += f" This answer went through --lr_verify: the counts are for the curve's own confidence ({level})."
-    return text
-
-
-def next_steps(result: dict, lr: float) -> list[str]:
-    data = result.get("data_dir", "./data")
-    # the rate belongs to the optimizer that was swept: name it unless it is the default
-    optimizer = f" --optimizer {result['optimizer']}" if result.get("optimizer", "sgd") != "sgd" else ""
-    # a recipe brings its own schedule and length; one-cycle has its own warm-up
-    schedule, onecycle = " --scheduler cosine --epochs 50", " --scheduler onecycle"
-    if result.get("recipe"):
-        optimizer += f" --recipe {result['recipe']}"
-        schedule, onecycle = "", " --scheduler onecycle --warmup_epochs 0"
-    steps = [
-        f"Use learning rate: {lr:.2e}",
-        f"Train: uv run python main.py --lr {lr:.3g}{optimizer}{schedule} "
-        f"--batch_size {result.get('batch_size')} --data_dir {data}",
-    ]
-    if result.get("onecycle_max_lr"):
-        steps.append(f"Or one-cycle: uv run python main.py --lr {result['onecycle_max_lr']:.3g}{optimizer}{onecycle} "
-                     f"--batch_size {result.get('batch_size')} --data_dir {data}")
-    if result.get("rate_settings"):
-        steps.append("Train with the loss and optimizer flags of the sweep (its JSON's rate_settings): "
-                     "--lr_from with its JSON warns about each one that differs")
-    gb = result.get("global_batch_size") or result.get("batch_size")
-    steps += [
-        f"This LR is for a global batch of {gb}; --lr_from scales it to the batch you train with "
-        f"(linearly for SGD: lr * B / {gb}; by the square root for AdamW)",
-        "Monitor training loss and accuracy; lower the LR if the loss spikes early",
-        "Use learning rate scheduling (cosine or one-cycle)",
-    ]
+def next_steps(result: FinderResult) -> list[str]:
+    """At most four, each naming a command."""
+    a, c = result.answer, result.curve
+    data = result.data.get("data_dir") or "./data"
+    flags = f" --optimizer {a.optimizer}" if a.optimizer != "sgd" else ""
+    schedule = " --scheduler cosine --epochs 90"
+    if a.recipe:  # a recipe brings its own schedule and length
+        flags, schedule = flags + f" --recipe {a.recipe}", ""
+    batch = f" --batch_size {result.batch_size} --data_dir {data}"
+    json_file = os.path.join(os.path.dirname(result.log_file) or ".", "suggested_lr.json")
+    steps = [f"Train at this rate: uv run python main.py --lr {a.lr:.3g}{flags}{schedule}{batch}",
+             f"At another batch size, take it from the JSON, scaled (linearly for SGD, by the square root for "
+             f"AdamW) and checked against the sweep's loss and optimizer flags: uv run python main.py --lr_from "
+             f"{json_file}{flags}{schedule} --batch_size B --data_dir {data}"]
+    if c is not None and c.onecycle_max_lr:
+        steps.append(f"Or a one-cycle schedule, whose peak is a different number (the loss's lowest point): "
+                     f"uv run python main.py --lr {c.onecycle_max_lr:.3g}{flags} --scheduler onecycle"
+                     f"{' --warmup_epochs 0' if a.recipe else ''}{batch}")
+    if a.warnings and result.verification is None:
+        steps.append("Firm up the answer with short trainings across the range: run the command above (COMMAND) "
+                     "again with --lr_verify 30")
     return steps
-
-
-def analyse(lr: float, level: str, e: Evidence) -> tuple[str, list[str]]:
-    """A verdict line and warnings for a suggested learning rate."""
-    warnings = []
-    if lr < VERY_LOW_LR:
-        warnings.append(
-            f"Suggested LR {lr:.2e} is very low (< {VERY_LOW_LR:g}): the loss may not have started "
-            "falling before the sweep ended; check the plot, try a lower --lr_start or more steps")
-    if lr > VERY_HIGH_LR:
-        warnings.append(
-            f"Suggested LR {lr:.2e} is very high (> {VERY_HIGH_LR:g}): training may diverge; "
-            "start lower (e.g. a tenth of it) and watch the first epoch")
-    if not e.edge_found:
-        warnings.append(
-            "The loss never started to rise: the sweep ended before the rates where training becomes "
-            "unstable, so the suggestion is only a tenth of the lowest point's rate; raise --lr_end")
-    if e.loss_drop < LOW_DROP:
-        warnings.append(
-            f"The loss fell only {e.loss_drop:.0%} before rising: the sweep barely learned, so the curve "
-            "shows little more than where training becomes unstable. For a firmer answer: more steps "
-            "(--lr_iter), a larger batch, a lower --lr_start, or --lr_verify N to check the candidates "
-            "with short trainings")
-    if not e.spread <= 1.0:
-        warnings.append(
-            f"The suggestion methods disagree by {e.spread:.1f} decades: the curve has no single clear "
-            "reading (noisy loss or too few steps)")
-    if e.verified is False:
-        warnings.append(
-            "--lr_verify's best rate was at the edge of the rates it tried: the best may lie beyond; "
-            "check the verification panel of the plot")
-    if e.verified == "inconclusive":
-        warnings.append(
-            "--lr_verify's trials did not beat the curve's rate by more than the held-out noise, so the "
-            "suggestion stays the curve's: longer trials (a larger N) or more held-out images would tell")
-    if level == "low" and not warnings:
-        warnings.append("Confidence is low; check the plot")
-    verdict = ("Learning rate appears to be in a reasonable range" if not warnings
-               else f"Confidence {level}: check the warnings below")
-    return verdict, warnings

@@ -23,7 +23,8 @@ from pathlib import Path
 from atomic_io import atomic_write_json, atomic_write_text
 from cli import DefaultsOnceFormatter, OneLineErrorParser, get_args_parser, parse_layered, validate_args
 from errors import EXIT_USAGE
-from report import render_log
+from finder_result import FinderResult
+from report import outputs_line, render_log
 
 MAIN = str(Path(__file__).resolve().with_name("main.py"))
 # Set by this script itself, so not forwarded from the user's flags.
@@ -109,23 +110,24 @@ def last_error_line(stderr: str, code: int) -> str:
     return lines[-1] if lines else f"main.py exited with code {code}"
 
 
-def read_fresh_json(path: Path, not_before: float) -> dict | None:
-    """The child's JSON, if it wrote one during this run."""
+def read_fresh_result(path: Path, not_before: float) -> FinderResult | None:
+    """The child's result, if it wrote one during this run."""
     try:
         if path.stat().st_mtime < not_before:
             return None
-        return json.loads(path.read_text())
+        return FinderResult.from_json(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
 
 
-def logged_config(result: dict, args: argparse.Namespace) -> dict:
-    """The configuration the child ran with, as its JSON records it; if it wrote none, the
-    flags as parsed here, marked as such (they miss what --demo and the defaults derive)."""
-    if result.get("config"):
-        return result["config"]
-    return {"(note)": "main.py recorded no configuration (it failed before writing its JSON): "
-                      "these are the flags as the runner parsed them", **dict(sorted(vars(args).items()))}
+def failure_result(args: argparse.Namespace, error: str, log: Path) -> FinderResult:
+    """The record of a child that wrote none: its error and the flags as parsed here, marked as
+    such (they miss what --demo and the defaults derive)."""
+    note = ("main.py recorded no configuration (it failed before writing its JSON): these are the flags as the "
+            "runner parsed them")
+    return FinderResult(success=False, dataset=args.dataset, batch_size=args.batch_size,
+                        timestamp=datetime.now().isoformat(timespec="seconds"), plot_file=None, log_file=str(log),
+                        error=error, configuration={"(note)": note, **dict(sorted(vars(args).items()))})
 
 
 def parse_runner_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
@@ -152,22 +154,13 @@ def main(argv=None) -> int:
 
     started = datetime.now().timestamp()
     code, output, stderr = run_child(command)
-    result = read_fresh_json(json_path, started)
-    if result is None:
-        result = {"success": False, "error": last_error_line(stderr, code), "suggested_lr": None,
-                  "dataset": dataset, "batch_size": args.batch_size, "lr_finder_epochs": 0.0,
-                  "lr_start": args.lr_start, "lr_end": args.lr_end, "lr_iter": args.lr_iter,
-                  "steps_run": 0, "diverged": False, "device": None, "seed": args.seed}
-    elif code != 0 and result.get("success"):
-        result["error"] = last_error_line(stderr, code)
-    result.update(plot_file=str(plot), log_file=str(log), exit_code=code,
-                  timestamp=datetime.now().isoformat(timespec="seconds"))
-    if not plot.exists():
-        result["plot_file"] = None
-    atomic_write_json(json_path, result)
-    atomic_write_text(log, render_log(logged_config(result, args), shlex.join(command), output, result))
-    print(f"Log: {log}\nJSON: {json_path}" + (f"\nPlot: {plot}" if plot.exists() else ""))
-    return code if code != 0 else (0 if result.get("success") else 1)
+    result = read_fresh_result(json_path, started)
+    if result is None:  # the child wrote no result: the runner records its failure
+        result = failure_result(args, last_error_line(stderr, code), log)
+        atomic_write_json(json_path, result.to_json())
+        print(outputs_line(result, str(out)))
+    atomic_write_text(log, render_log(result, shlex.join(command), output))
+    return code if code != 0 else (0 if result.success else 1)
 
 
 if __name__ == "__main__":

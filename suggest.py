@@ -1,7 +1,8 @@
 """The range test's curve read as numbers: pure functions over (lrs, losses), no tensors and no
 files. The landmarks (where the loss is lowest, where it starts to rise), each reading of the curve
-(rise, steepest, valley, minimum), the answer for an optimizer, its range and how sure it is.
+(rise, steepest, valley, minimum), the answer for an optimizer and its range.
 
+    reading = read_curve(lrs, raw_losses, optimizer="sgd")       # .lr, .method, .low, .high, .edge_lr, ...
     suggestions = suggest_all(lrs, raw_losses, smooth_f=0.05)   # {"rise": ..., "steepest": ..., ...}
     landmarks = find_landmarks(lrs, raw_losses)                  # loss_drop, edge_lr, min_loss_lr, ...
 """
@@ -14,13 +15,12 @@ import numpy as np
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
 VERY_HIGH_LR = 1.0
-# Chosen with benchmarks/suggestion_study.py (see the README's tables): with SGD the default rate is
-# the edge divided by RISE_DIVISOR (with AdamW a tenth of the lowest point's rate: auto_method), and a
-# loss that fell less than LOW_DROP never gives more than low confidence.
+# Chosen with benchmarks/suggestion_study.py (docs/suggestion_study.md): with SGD the default rate is
+# the edge divided by RISE_DIVISOR (with AdamW a tenth of the lowest point's rate: auto_method). A
+# loss that fell less than LOW_DROP is a curve whose edge is the only landmark (and gets a warning).
 RISE_DIVISOR = 2.0
 NOISE_MARGIN = 4.0  # the edge must stand this many standard errors of the running median above the bottom
 LOW_DROP = 0.15
-HIGH_DROP = 0.30
 
 
 class SuggestionError(ValueError):
@@ -234,15 +234,6 @@ def auto_method(optimizer: str) -> str:
     return "minimum" if optimizer == "adamw" else "rise"
 
 
-def trusted_readings(suggestions: dict[str, float], optimizer: str) -> list[float]:
-    """The readings whose agreement the confidence weighs: with AdamW the two that read the fall
-    (its edge can lie far past the good rates), with SGD those and the edge. fastai's ``valley``
-    is left out: it reads the start of the longest fall, a decade or more under the others on
-    most curves, so counting it made a textbook curve look as uncertain as a flat one."""
-    names = ("steepest", "minimum") if auto_method(optimizer) in CURVE_SUGGESTERS else ("rise", "steepest", "minimum")
-    return [suggestions[name] for name in names if name in suggestions]
-
-
 # How far the best rate lay from the default answer on the fit cases (best / answer, 4-epoch
 # trainings of benchmarks/suggestion_study.py and the three cases measured by hand; see
 # docs/suggestion.md): 0.3 to 6.2 with SGD (the edge is no sharp landmark when the sweep barely
@@ -265,36 +256,30 @@ def suggest_all(lrs, raw_losses, smooth_f: float) -> dict[str, float]:
     return {"rise": marks.rise_lr, **{name: fn(cut_lrs, cut_losses, **skips) for name, fn in CURVE_SUGGESTERS.items()}}
 
 
-def spread_decades(values) -> float:
-    values = [v for v in values if v and v > 0]
-    return float(math.log10(max(values) / min(values))) if values else float("nan")
-
-
 @dataclass(frozen=True)
-class Evidence:
-    """What a confidence level rests on."""
-    loss_drop: float  # fraction the loss fell before rising (Landmarks.loss_drop)
-    spread: float  # decades between the methods' rates
-    edge_found: bool  # the sweep reached the rates where the loss rises
-    # --lr_verify: None (not run), "inconclusive" (the trials could not tell the rates apart), else
-    # whether the rate they chose was inside the rates they tried
-    verified: bool | str | None = None
+class CurveReading:
+    """What a range test's curve says: every reading, the one the answer is, its range, and the
+    landmarks behind them (``Landmarks``). Built by ``read_curve``."""
+    readings: dict[str, float]  # every method's rate
+    method: str  # the reading the answer is
+    lr: float  # the curve's answer
+    low: float  # ``suggested_range``
+    high: float
+    start_loss: float
+    min_loss: float
+    loss_drop: float  # the fraction the loss fell before it rose
+    min_loss_lr: float
+    edge_lr: float | None  # where the loss turns up; None when the sweep ended before
+    blow_lr: float | None  # where it stood half as high again as at the start
+    onecycle_max_lr: float
 
 
-def confidence(e: Evidence) -> str:
-    """high / medium / low, from how much the loss fell, whether the methods agree and the trials.
-
-    - low: the loss fell less than LOW_DROP, or the sweep never reached the rise, or the methods
-      disagree by more than a decade, unless ``--lr_verify`` found its best inside its trials
-      (then medium);
-    - high: the loss fell at least HIGH_DROP and the methods agree within half a decade, or the
-      trials found their best inside and the curve itself is at least medium;
-    - medium otherwise."""
-    from_curve = "medium"
-    if e.loss_drop < LOW_DROP or not e.edge_found or not e.spread <= 1.0:
-        from_curve = "low"
-    elif e.loss_drop >= HIGH_DROP and e.spread <= 0.5:
-        from_curve = "high"
-    if e.verified is True:
-        return "high" if from_curve != "low" else "medium"
-    return from_curve
+def read_curve(lrs, losses, optimizer: str = "sgd", method: str = AUTO, smooth_f: float = 0.05) -> CurveReading:
+    """The curve's answer (``method`` ``auto``: the reading ``auto_method`` picks for
+    ``optimizer``), its range and landmarks; SuggestionError when the curve is too short."""
+    readings = suggest_all(lrs, losses, smooth_f)
+    marks = find_landmarks(lrs, losses)
+    name = auto_method(optimizer) if method == AUTO else method
+    low, high = suggested_range(readings[name], optimizer, marks.blow_lr)
+    return CurveReading(readings, name, readings[name], low, high, marks.start_loss, marks.min_loss,
+                        round(marks.loss_drop, 4), marks.min_lr, marks.edge_lr, marks.blow_lr, marks.onecycle_lr)

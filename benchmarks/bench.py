@@ -265,9 +265,9 @@ class ChildFailed(RuntimeError):
 def checked(run):
     """A child run's result file, or ChildFailed with the end of its output. A sweep too
     short to suggest a rate (exit 2 with a result file) still measured its speed."""
-    if run.result is None or not run.result.get("images_per_second"):
+    if run.result is None or not (run.result.get("sweep") or {}).get("images_per_second"):
         raise ChildFailed(f"main.py --find_lr exited with {run.returncode}:\n{run.output[-3000:]}")
-    return run.result
+    return run.result["sweep"]
 
 
 def measure_end_to_end(root: Path, work: Path, settings: Settings, device: torch.device,

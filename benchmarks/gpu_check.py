@@ -290,7 +290,7 @@ def step_end_to_end(ctx, rec: dict) -> None:
         child = run_child(ctx, ["main.py", "--find_lr", *common_flags(ctx), "--lr_iter", lr_iter, *LR_FLAGS,
                                 "--num_workers", workers, "--no_plots", "--lr_plot", folder / "lr.png"],
                           ok_codes=(0, 2), progress_total=lr_iter)  # 2: too short a sweep to suggest a rate
-        result = json.loads((folder / "suggested_lr.json").read_text())
+        result = json.loads((folder / "suggested_lr.json").read_text())["sweep"]
         steps = result["steps_run"]
         img_s, timed = steady_img_s(child.marks, warmup, steps, size["batch"])
         rec["img_s_by_workers"][str(workers)] = img_s

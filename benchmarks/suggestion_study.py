@@ -36,8 +36,6 @@ import numpy as np  # noqa: E402
 from study_cases import ALL_CASES, FIT_CASES, QUICK_CASES, TEST_CASES, Case  # noqa: E402
 from study_runs import Runner  # noqa: E402
 
-from atomic_io import atomic_write_json  # noqa: E402
-
 SMOOTH_F = 0.05  # main.py's default --lr_smooth_f
 COARSE_STEP = 4.0
 FINE_STEP = 2.0
@@ -128,14 +126,7 @@ def log_ratio_stats(values: list[float]) -> dict:
             "worst": round(worst, 3)}
 
 
-def calibration(rows: list[tuple[str, bool]]) -> dict:
-    """Per confidence level: cases and the share of them whose default answer was in the plateau."""
-    table = {}
-    for level in ("high", "medium", "low"):
-        hits = [inside for lvl, inside in rows if lvl == level]
-        table[level] = {"cases": len(hits), "in_plateau": sum(hits),
-                        "share": round(sum(hits) / len(hits), 3) if hits else None}
-    return table
+
 
 
 # ------------------------------------------------------------------- one case
@@ -161,11 +152,28 @@ class CaseResult:
 
 
 def suggestions_from_history(lrs, losses, optimizer: str) -> dict:
-    """What main.py's finder would answer from this sweep (rates, range, confidence), by the code
+    """What main.py's finder would answer from this sweep (rates, range, landmarks), by the code
     as it stands: the rule is applied afresh to the recorded histories."""
-    from find_lr import summarise
+    from suggest import SuggestionError, read_curve
 
-    return summarise(lrs, losses, "auto", SMOOTH_F, optimizer)
+    try:
+        c = read_curve(lrs, losses, optimizer, "auto", SMOOTH_F)
+    except SuggestionError as exc:
+        return {"success": False, "error": str(exc)}
+    return {"success": True, "suggestions": c.readings, "suggested_lr": c.lr, "suggestion_method": c.method,
+            "loss_drop": c.loss_drop, "edge_lr": c.edge_lr, "min_loss_lr": c.min_loss_lr,
+            "suggested_range": [c.low, c.high]}
+
+
+def verified_answer(answer: dict) -> dict:
+    """A --lr_verify run's answer in one shape, whether its suggested_lr.json has the groups
+    (schema_version 2) or predates them: trials, range, rate, steps, outcome."""
+    if answer.get("schema_version") == 2:
+        v, a = answer.get("verification") or {}, answer.get("answer") or {}
+        return {"verification": v.get("trials"), "suggested_range": [a.get("low"), a.get("high")] if a else None,
+                "suggested_lr": answer.get("suggested_lr"), "verify_total_steps": v.get("total_steps"),
+                "verify_outcome": v.get("outcome"), "error": answer.get("error")}
+    return answer
 
 
 def ground_truth(case: Case, runner: Runner, result: CaseResult) -> None:
@@ -223,8 +231,7 @@ def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
             result.methods[name] = place(lr, result.grid, result.noise)
         result.methods["auto"] = place(answer["suggested_lr"], result.grid, result.noise)
         result.sweep.update({key: answer.get(key) for key in
-                             ("suggestion_method", "loss_drop", "edge_lr", "min_loss_lr", "confidence",
-                              "spread_decades", "suggested_range")})
+                             ("suggestion_method", "loss_drop", "edge_lr", "min_loss_lr", "suggested_range")})
         low, high = answer.get("suggested_range") or (None, None)
         if low:
             result.range = {"low": low, "high": high, "covers_best": low <= result.best_lr <= high}
@@ -256,6 +263,7 @@ def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, st
     """``--lr_verify steps`` placed on the curve, with its cost in steps and in sweeps; left out,
     with a line, when it did not verify or when its record comes from another rule."""
     verified, record = runner.verify(case, steps)
+    verified = verified_answer(verified)
     if not verified.get("verification"):
         print(f"[{case.name}] {method}: the run verified nothing ({verified.get('error', 'no trials')})")
         return
@@ -277,7 +285,7 @@ def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, st
 
 def summary(results: list[CaseResult]) -> dict:
     """Per method: log10(best / reading) over the cases, and the share in the plateau; the range's
-    coverage; the confidence calibration. Fit and test cases apart."""
+    coverage. Fit and test cases apart."""
     out = {}
     for role in ("fit", "test"):
         rs = [r for r in results if r.case["role"] == role]
@@ -291,27 +299,8 @@ def summary(results: list[CaseResult]) -> dict:
                             **mean_cost(rs, m)}
                         for m in methods},
             "range_covers_best": sum(bool(r.range.get("covers_best")) for r in rs),
-            "calibration": calibration([(r.sweep.get("confidence"), r.methods["auto"]["in_plateau"])
-                                        for r in rs if "auto" in r.methods]),
         }
     return out
-
-
-STUDY_RECORD_METHODS = ("auto", "lr_verify", "lr_verify_budget")
-
-
-def study_record(results: list[CaseResult], written: str) -> dict:
-    """What the finder reports beside its answer: per test case, the optimizer and the curve's
-    confidence, whether the default answer (the curve alone) landed in the plateau and lost no more
-    top-1 than the noise, whether the range covered the best rate, and whether the two
-    verifications landed."""
-    rows = [{"name": r.case["name"], "optimizer": r.case["optimizer"], "input_size": r.case["input_size"],
-             "confidence": r.sweep["confidence"], "in_plateau": r.methods["auto"]["in_plateau"],
-             "within_noise": lost_within_noise(r.methods["auto"]["gap"], r.noise), "range_covers_best": bool(r.range["covers_best"]),
-             "verify_10_in_plateau": r.methods["lr_verify"]["in_plateau"],
-             "verify_2_5_sweeps_in_plateau": r.methods["lr_verify_budget"]["in_plateau"]}
-            for r in results if r.case["role"] == "test"]
-    return {"written": written, "study": "docs/suggestion_study.md", "cases": rows}
 
 
 def gap_stats(rows: list[tuple[float, float]]) -> dict:
@@ -331,7 +320,7 @@ def mean_cost(results: list[CaseResult], method: str) -> dict:
 
 def summary_markdown(report: dict) -> str:
     """The summary as tables: per method, log10(best / reading) and the landings; then the range's
-    coverage and the calibration per confidence level. Fit and test apart."""
+    coverage. Fit and test apart."""
     lines = []
     for role, part in report.items():
         if not part["cases"]:
@@ -343,11 +332,7 @@ def summary_markdown(report: dict) -> str:
             lines.append(f"| {name} | {m['n']} | {m['mean']:+.2f} | {m['sd']:.2f} | {m['worst']:+.2f} | "
                          f"{m['in_plateau']} of {m['n']} | {m['median_gap']:.1f} | {m['within_noise']} of {m['n']} | "
                          f"{m['collapsed']} | {m.get('sweeps', 0):.2f} |")
-        lines += [f"\nsuggested_range covers the best rate on {part['range_covers_best']} of {part['cases']}",
-                  "| confidence | cases | default in plateau | share |", "|---|---|---|---|"]
-        for level, c in part["calibration"].items():
-            share = "-" if c["share"] is None else f"{c['share']:.0%}"
-            lines.append(f"| {level} | {c['cases']} | {c['in_plateau']} | {share} |")
+        lines += [f"\nsuggested_range covers the best rate on {part['range_covers_best']} of {part['cases']}"]
     return "\n".join(lines)
 
 
@@ -357,8 +342,8 @@ def table(results: list[CaseResult]) -> str:
         rs = [r for r in results if r.case["role"] == role]
         if not rs:
             continue
-        lines += [f"\n{role} cases", "| case | best rate (top-1) | noise | plateau | loss drop | confidence | range "
-                  "| auto | rise | steepest | minimum | lr_verify | lr_verify_budget | Prodigy |", "|---" * 14 + "|"]
+        lines += [f"\n{role} cases", "| case | best rate (top-1) | noise | plateau | loss drop | range "
+                  "| auto | rise | steepest | minimum | lr_verify | lr_verify_budget | Prodigy |", "|---" * 13 + "|"]
         for r in rs:
             cells = []
             for name in ("auto", "rise", "steepest", "minimum", "lr_verify", "lr_verify_budget"):
@@ -368,8 +353,7 @@ def table(results: list[CaseResult]) -> str:
             rng = (f"{r.range['low']:.3g}-{r.range['high']:.3g} {'covers' if r.range['covers_best'] else 'misses'}"
                    if r.range else "-")
             lines.append(f"| {r.case['name']} | {r.best_lr:.3g} ({r.best_top1:.1f}) | {r.noise:.1f} | "
-                         f"{r.plateau[0]:.3g}-{r.plateau[-1]:.3g} | {r.sweep.get('loss_drop', 0):.0%} | "
-                         f"{r.sweep.get('confidence', '-')} | {rng} | " + " | ".join(cells) +
+                         f"{r.plateau[0]:.3g}-{r.plateau[-1]:.3g} | {r.sweep.get('loss_drop', 0):.0%} | {rng} | " + " | ".join(cells) +
                          (f" | {r.prodigy['top1']:.1f} ({r.prodigy['minus_best']:+.1f}) |" if r.prodigy else " | - |"))
     return "\n".join(lines)
 
@@ -423,9 +407,6 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--plot", default=None, help="val top-1 against lr per case, plateau and range shaded")
     parser.add_argument("--no_verify", action="store_true", help="skip the --lr_verify runs")
-    parser.add_argument("--study_record", default=None,
-                        help="write the test cases' record that the finder reports beside each answer "
-                             "(suggestion_study_record.json at the repository root); needs every test run")
     parser.add_argument("--only_records", action="store_true",
                         help="report from the records alone; cases with a missing run are left out")
     args = parser.parse_args(argv)
@@ -447,15 +428,6 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "summary": report,
                                                "cases": [asdict(r) for r in results]}, indent=1))
-    if args.study_record:
-        done = {r.case["name"] for r in results if r.case["role"] == "test"
-                and all(m in r.methods for m in STUDY_RECORD_METHODS)}
-        missing = [c.name for c in TEST_CASES if c.name not in done]
-        if args.no_verify or missing:
-            why = "drop --no_verify" if args.no_verify else f"missing: {', '.join(missing)}"
-            print(f"error: --study_record needs every test case with both verifications; {why}", file=sys.stderr)
-            return 2
-        atomic_write_json(args.study_record, study_record(results, date.today().isoformat()))
     if args.plot and results:
         plot(results, Path(args.plot))
     return 0

@@ -10,7 +10,7 @@ from conftest import REPO
 
 # Lowest first. A module may import from its own layer (without a cycle) and from those below.
 LAYERS = {
-    "base": {"errors", "input_size", "settings", "imagenet_labels", "shard_layout", "atomic_io", "suggest",
+    "base": {"errors", "input_size", "settings", "imagenet_labels", "shard_layout", "atomic_io", "suggest", "finder_result",
              "report", "lr_plot", "demo_data"},
     "data, model, machine": {"images", "image_folder", "shards", "preprocess", "shard_writer", "model_resnet50",
                              "runtime", "recipes", "checkpoint"},

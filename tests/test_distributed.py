@@ -13,29 +13,30 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 SMALL = [*FAST, "--batch_size", "2"]
 
 
-def torchrun(*args, env_extra=None, timeout=300):
+def torchrun(*args, env_extra=None, timeout=300, script=REPO / "main.py"):
     import os
 
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    return subprocess.run([*TORCHRUN, str(REPO / "main.py"), *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([*TORCHRUN, str(script), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env)
 
 
 def test_two_process_range_test_records_one_curve_on_every_rank(image_folder, tmp_path):
-    debug = tmp_path / "ranks"
+    ranks = tmp_path / "ranks"
     out = tmp_path / "out"
     proc = torchrun("--find_lr", "--data_dir", image_folder, "--lr_plot", out / "p.png", *SMALL,
-                    "--lr_iter", "8", "--lr_end", "1", env_extra={"LR_FINDER_DEBUG_RANK_HISTORY": str(debug)})
+                    "--lr_iter", "8", "--lr_end", "1", env_extra={"RANK_SWEEPS_DIR": str(ranks)},
+                    script=REPO / "tests" / "rank_sweeps.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "suggested_lr.json").read_text())
-    assert result["world_size"] == 2 and result["global_batch_size"] == 4 and result["batch_size"] == 2
-    rank0, rank1 = (json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0["world_size"] == 2
+    assert result["batch_size"] == 2 and result["answer"]["global_batch_size"] == 4
+    assert result["sweep"]["world_size"] == 2
+    rank0, rank1 = (json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["losses"] == rank1["losses"] and rank0["lrs"] == rank1["lrs"]
-    assert rank0["stop_reason"] == rank1["stop_reason"] == result["stop_reason"]
+    assert rank0["stop_reason"] == rank1["stop_reason"] == result["sweep"]["stop_reason"]
     rows = list(csv.DictReader((out / "lr_finder_history.csv").open()))
     assert [float(r["loss"]) for r in rows] == pytest.approx(rank0["raw_losses"])
-    assert proc.stdout.count("Suggested learning rate") == 1  # rank 0 alone reports and writes
+    assert proc.stdout.count("Learning rate: ") == 1  # rank 0 alone reports and writes
 
 
 def test_two_process_training_evaluates_every_val_image_once(tmp_path):
@@ -87,4 +88,4 @@ def test_an_unreadable_file_met_by_both_ranks_counts_once(tmp_path):
                     "--batch_size", "15", "--lr_iter", "8", "--lr_end", "1", "--seed", seed)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("cat_zz_text.JPEG: not a readable image") == 2  # one warning per rank
-    assert json.loads((out / "suggested_lr.json").read_text())["bad_images"] == 1
+    assert json.loads((out / "suggested_lr.json").read_text())["sweep"]["bad_images"] == 1

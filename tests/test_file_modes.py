@@ -39,11 +39,11 @@ def test_a_rewritten_file_keeps_its_mode(tmp_path, umask):
 
 
 def test_umask_is_read_and_kept_without_proc(monkeypatch, umask):
-    import report
+    import atomic_io
 
     def no_proc(*args, **kwargs):
         raise OSError("no /proc")
 
     umask(0o027)
-    monkeypatch.setattr(report, "open", no_proc, raising=False)
+    monkeypatch.setattr(atomic_io, "open", no_proc, raising=False)
     assert current_umask() == 0o027 and current_umask() == 0o027

@@ -110,5 +110,5 @@ def test_huge_accepted_values_give_a_run_not_a_traceback(image_folder, tmp_path)
                    "--max_samples", str(10**30), "--lr_val_batches", str(10**30))
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     result = json.loads((out / "suggested_lr.json").read_text())
-    assert result["stop_reason"] == "non_finite_loss" and result["steps_run"] < 12
+    assert result["sweep"]["stop_reason"] == "non_finite_loss" and result["sweep"]["steps_run"] < 12
     assert proc.returncode == (0 if result["success"] else 2)

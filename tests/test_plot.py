@@ -44,8 +44,8 @@ def test_plot_title_names_the_data(tmp_path, monkeypatch, demo):
     """The user's own folder by its name (not the --dataset default, imagenet1k); the demo by its data set."""
     data = make_image_folder(tmp_path / "flowers", per_class=4, val_per_class=0, size=16)
     titles = []
-    monkeypatch.setattr(find_lr, "plot_sweep", lambda path, sweep, suggestions, chosen, title, *a: titles.append(title))
+    monkeypatch.setattr(find_lr, "plot_sweep", lambda path, result, sweep, smooth_f, title, *a: titles.append(title))
     source = ["--demo", "--max_samples", "40"] if demo else ["--data_dir", str(data)]
     main.main(["--find_lr", *source, "--lr_plot", str(tmp_path / "out" / "p.png"), *FAST, "--lr_iter", "3"])
-    expected = "digits" if demo else "flowers"
-    assert len(titles) == 1 and titles[0].startswith(f"LR range test: {expected}, resnet18, batch 4, "), titles
+    expected = "digits, resnet18, AdamW" if demo else "flowers, resnet18, SGD"  # the demo sweeps AdamW
+    assert titles == [f"LR range test: {expected}, batch 4, 3 of 3 steps"]

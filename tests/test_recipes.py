@@ -218,8 +218,8 @@ def test_lr_from_warns_once_per_rate_moving_setting_that_differs(tmp_path):
              "norm_weight_decay": 1e-4, "bias_weight_decay": 1e-4, "label_smoothing": 0.0,
              "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "clip_grad_norm": None}
     found = tmp_path / "suggested_lr.json"
-    found.write_text(json.dumps({"success": True, "suggested_lr": 0.05, "global_batch_size": 64,
-                                 "optimizer": "sgd", "recipe": "torchvision", "rate_settings": swept}))
+    found.write_text(json.dumps({"success": True, "suggested_lr": 0.05, "schema_version": 2, "answer": {
+        "global_batch_size": 64, "optimizer": "sgd", "recipe": "torchvision", "rate_settings": swept}}))
     training = {**swept, "norm_weight_decay": 0.0, "label_smoothing": 0.1, "mixup_alpha": 0.2}
     lr, record = lr_from_json(str(found), 256, "sgd", False, training)
     assert lr == pytest.approx(0.2) and record["sweep_recipe"] == "torchvision"

@@ -20,7 +20,7 @@ def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Range test: digits" in proc.stdout  # the child's output is shown live
     result = json.loads((out / "suggested_lr.json").read_text())
-    assert result["success"] is True and result["exit_code"] == 0
+    assert result["success"] is True and result["schema_version"] == 2
     assert result["plot_file"] == str(out / "lr_finder_digits.png")
     assert result["log_file"] == str(out / "lr_finder_log.txt")
     assert (out / "lr_finder_digits.png").read_bytes()[:4] == b"\x89PNG"
@@ -31,14 +31,17 @@ def test_runner_writes_named_plot_full_log_and_json(image_folder, tmp_path):
     assert config["input_size"] == "32" and config["batch_size"] == "4" and config["lr_iter"] == "10"
     assert config["dataset"] == "digits" and config["data_dir"] == str(image_folder)
     assert config["lr_plot"] == str(out / "lr_finder_digits.png") and "(note)" not in config
-    assert result["config"]["input_size"] == 32 and result["config"]["data_dir"] == str(image_folder)
+    assert result["configuration"]["input_size"] == 32 and result["configuration"]["data_dir"] == str(image_folder)
     command = log.split("COMMAND\n")[1].split("\n")[1]
     assert "main.py --find_lr" in command and "--batch_size 4" in command and "--lr_end 1.0" in command
     output = log.split("OUTPUT (stdout and stderr)\n")[1]
     assert "Range test: digits, resnet18, 24 training images in 3 classes" in output
     assert "10/10" in output  # the progress bar's final state, stderr captured too
     assert "\r" not in log
-    assert f"Suggested LR       : {result['suggested_lr']:.2e}" in log
+    rate = f"Learning rate: {result['suggested_lr']:.2e} (SGD, global batch 4); best expected between"
+    assert log.splitlines()[5].startswith(rate)  # the answer opens the log, as the console said it
+    assert sum(line.startswith(rate) for line in proc.stdout.splitlines()) == 1
+    assert f"Outputs in {out}: lr_finder_digits.png, lr_finder_log.txt, suggested_lr.json" in proc.stdout
 
 
 def test_failing_child_still_gives_log_and_unsuccessful_json(tmp_path):
@@ -48,7 +51,7 @@ def test_failing_child_still_gives_log_and_unsuccessful_json(tmp_path):
     result = json.loads((out / "suggested_lr.json").read_text())
     expected = f"error: --data_dir {tmp_path / 'missing'}: folder not found; it must contain train/ and val/"
     assert result["success"] is False and result["error"] == expected and result["suggested_lr"] is None
-    assert result["plot_file"] is None and result["exit_code"] == 2
+    assert result["plot_file"] is None and result["schema_version"] == 2
     log = (out / "lr_finder_log.txt").read_text()
     assert expected in log and "No learning rate could be suggested" in log
     config = log_config(log)
@@ -78,10 +81,10 @@ def test_sigint_to_the_runner_stops_the_sweep_and_keeps_partial_results(image_fo
     finally:
         proc.kill()
     result = json.loads((out / "suggested_lr.json").read_text())
-    assert result["stop_reason"] == "interrupted" and 0 < result["steps_run"] < 400
-    assert result["exit_code"] == 130
+    sweep = result["sweep"]
+    assert sweep["stop_reason"] == "interrupted" and 0 < sweep["steps_run"] < 400
     history = (out / "lr_finder_history.csv").read_text().strip().splitlines()
-    assert len(history) == result["steps_run"] + 1
+    assert len(history) == sweep["steps_run"] + 1
     assert "SIGINT received" in (out / "lr_finder_log.txt").read_text()
 
 

@@ -16,7 +16,7 @@ from prepare_imagenet import main as prepare_main
 from preprocess import EpochSampler, build_datasets, build_loader
 from shards import ShardImages, Shards, batches_skipped, rank_shards, share_out
 
-from conftest import FAST, make_image_folder, run_cli
+from conftest import FAST, REPO, make_image_folder, run_cli
 
 CPU = __import__("torch").device("cpu")
 
@@ -194,7 +194,8 @@ def test_range_test_then_one_training_epoch_on_shards(tree, tmp_path):
                    "--no_plots", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "o" / "suggested_lr.json").read_text())
-    assert record["data_layout"] == "wds_shards" and record["lr_iter"] == record["steps_run"] == 21 // 4
+    assert record["data"]["data_layout"] == "wds_shards" and record["sweep"]["lr_iter"] == 21 // 4
+    assert record["sweep"]["steps_run"] == 21 // 4
     rows = (tmp_path / "t" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].split(",")[7] == "9"  # every val image once
     assert "21 images in 3 classes, 1 epochs x 5 steps" in proc.stdout
@@ -205,7 +206,8 @@ def test_two_ranks_on_uneven_shards_take_equal_steps_and_finish(tree, tmp_path):
     debug = tmp_path / "ranks"
     proc = torchrun("--find_lr", "--data_dir", out, "--lr_plot", tmp_path / "o" / "p.png", "--input_size", "32",
                     "--batch_size", "2", "--num_workers", "1", "--precision", "fp32", "--lr_iter", "epoch",
-                    "--epochs", "2", "--lr_end", "1", env_extra={"LR_FINDER_DEBUG_RANK_HISTORY": str(debug)})
+                    "--epochs", "2", "--lr_end", "1", env_extra={"RANK_SWEEPS_DIR": str(debug)},
+                    script=REPO / "tests" / "rank_sweeps.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert len(ranks[0]["lrs"]) == len(ranks[1]["lrs"]) == 2 * (21 // 2 // 2)

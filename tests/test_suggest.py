@@ -3,30 +3,27 @@ import math
 import numpy as np
 import pytest
 
+from finder_result import Trial, Verification, answer_warnings
 from lr_plot import loss_ylim
-from report import analyse
 from suggest import (
-    LOW_DROP,
     RISE_DIVISOR,
-    Evidence,
+    CurveReading,
     Landmarks,
     SuggestionError,
     auto_method,
-    confidence,
     default_skips,
     find_landmarks,
     median_half_width,
     onecycle_max_lr,
+    read_curve,
     robust_curve,
     smooth,
-    spread_decades,
     suggest_all,
     suggest_minimum,
     suggest_rise,
     suggest_steepest,
     suggest_valley,
     suggested_range,
-    trusted_readings,
 )
 
 LRS = list(np.logspace(-6, 1, 120))
@@ -166,9 +163,6 @@ def test_edge_of_a_curve_that_falls_then_rises():
 
 def test_auto_reads_the_edge_with_sgd_and_the_lowest_point_with_adamw():
     assert auto_method("sgd") == "rise" and auto_method("adamw") == "minimum"
-    suggestions = {"rise": 0.05, "steepest": 0.004, "valley": 0.0006, "minimum": 0.001, "verified": 0.002}
-    assert trusted_readings(suggestions, "adamw") == [0.004, 0.001]  # its edge can lie far past the fall
-    assert trusted_readings(suggestions, "sgd") == [0.05, 0.004, 0.001]
 
 
 def test_one_cycle_peaks_where_a_deep_fall_stops_and_at_the_edge_of_a_shallow_one():
@@ -196,47 +190,32 @@ def test_suggest_all_reads_rise_from_the_raw_loss_and_the_rest_from_its_smoothin
     assert result["steepest"] == suggest_steepest(lrs, smooth(loss, 0.05))
 
 
-@pytest.mark.parametrize("evidence,level", [
-    (Evidence(loss_drop=0.03, spread=0.1, edge_found=True), "low"),  # flat: never confident
-    (Evidence(loss_drop=LOW_DROP, spread=0.8, edge_found=True), "medium"),
-    (Evidence(loss_drop=0.5, spread=0.4, edge_found=True), "high"),
-    (Evidence(loss_drop=0.5, spread=0.4, edge_found=False), "low"),
-    (Evidence(loss_drop=0.5, spread=1.5, edge_found=True), "low"),
-    (Evidence(loss_drop=0.03, spread=2.0, edge_found=True, verified=True), "medium"),
-    (Evidence(loss_drop=0.2, spread=0.8, edge_found=True, verified=True), "high"),
-    (Evidence(loss_drop=0.03, spread=0.1, edge_found=True, verified=False), "low"),
-    (Evidence(loss_drop=0.2, spread=0.8, edge_found=True, verified="inconclusive"), "medium"),  # no raise
-    (Evidence(loss_drop=0.03, spread=0.1, edge_found=True, verified="inconclusive"), "low"),
-])
-def test_confidence_levels(evidence, level):
-    assert confidence(evidence) == level
+def reading(lr=1e-3, loss_drop=0.5, edge_lr=3e-2):
+    return CurveReading(
+        readings={"rise": lr}, method="rise", lr=lr, low=lr / 4, high=lr * 8, start_loss=2.3, min_loss=1.15,
+        loss_drop=loss_drop, min_loss_lr=1e-2, edge_lr=edge_lr, blow_lr=None, onecycle_max_lr=1e-2)
 
 
-def test_spread_in_decades():
-    assert spread_decades([1e-3, 1e-2, 1e-4]) == pytest.approx(2.0)
+def test_warnings_for_very_low_and_very_high_rates():
+    assert answer_warnings(1e-3, reading(), None) == ()
+    low = answer_warnings(1e-7, reading(1e-7), None)
+    assert len(low) == 1 and low[0].startswith("the rate 1.00e-07 is very low (under 1e-05)")
+    high = answer_warnings(5.0, reading(5.0), None)
+    assert len(high) == 1 and high[0].startswith("the rate 5.00e+00 is very high (over 1)")
 
 
-def test_analysis_warns_for_very_low_and_very_high_rates():
-    good = Evidence(loss_drop=0.5, spread=0.1, edge_found=True)
-    verdict, warnings = analyse(1e-3, "high", good)
-    assert verdict == "Learning rate appears to be in a reasonable range" and warnings == []
-    _, low = analyse(1e-7, "high", good)
-    assert len(low) == 1 and "very low" in low[0]
-    _, high = analyse(5.0, "high", good)
-    assert len(high) == 1 and "very high" in high[0]
-    _, disagree = analyse(1e-3, "low", Evidence(loss_drop=0.5, spread=2.0, edge_found=True))
-    assert disagree == ["The suggestion methods disagree by 2.0 decades: the curve has no single clear "
-                        "reading (noisy loss or too few steps)"]
-
-
-def test_analysis_of_a_sweep_that_barely_learned_says_what_to_do():
-    verdict, warnings = analyse(1e-2, "low", Evidence(loss_drop=0.03, spread=0.2, edge_found=True))
-    assert verdict == "Confidence low: check the warnings below"
-    assert len(warnings) == 1 and warnings[0].startswith("The loss fell only 3% before rising")
-    for advice in ("--lr_iter", "larger batch", "--lr_start", "--lr_verify"):
+def test_a_sweep_that_barely_learned_is_told_what_to_do():
+    warnings = answer_warnings(1e-2, reading(loss_drop=0.03), None)
+    assert len(warnings) == 1 and warnings[0].startswith("the loss fell only 3%: the sweep barely learned")
+    for advice in ("--lr_iter", "larger batch", "--lr_verify"):
         assert advice in warnings[0]
-    _, edge = analyse(1e-2, "low", Evidence(loss_drop=0.5, spread=0.2, edge_found=False, verified=False))
-    assert "raise --lr_end" in edge[0] and "edge of the rates it tried" in edge[1]
+    at_the_edge = Verification(10, 30, "val", 64, "completed", "replaced", 1.0,
+                               (Trial(1, 1e-2, 1.0, 50.0, 10), Trial(1, 2e-2, 0.9, 60.0, 10)), chosen_lr=2e-2)
+    edge = answer_warnings(2e-2, reading(edge_lr=None), at_the_edge)
+    assert "raise --lr_end" in edge[0] and "edge of the rates it tried" in edge[1] and len(edge) == 2
+    inconclusive = Verification(10, 30, "val", 64, "completed", "inconclusive", 1.0, (), None)
+    assert answer_warnings(1e-3, reading(), inconclusive)[0].startswith(
+        "--lr_verify's trials did not beat the curve's rate by more than the held-out noise")
 
 
 def test_plot_limits_cut_a_diverging_tail():
@@ -245,14 +224,12 @@ def test_plot_limits_cut_a_diverging_tail():
     assert loss_ylim([2.0, 1.9, 30.0])[1] == pytest.approx(3.0 + 0.05 * 1.1)  # at least 1.5x the start
 
 
-def test_the_json_records_the_reading_auto_picked_for_the_optimizer():
-    from find_lr import summarise
-
+def test_the_answer_is_the_reading_auto_picked_for_the_optimizer():
     lrs, loss = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
     for optimizer, method in (("sgd", "rise"), ("adamw", "minimum")):
-        result = summarise(lrs, loss, "auto", 0.05, optimizer)
-        assert result["suggestion_method"] == method and result["suggested_lr"] == result["suggestions"][method]
-    assert summarise(lrs, loss, "valley", 0.05, "adamw")["suggestion_method"] == "valley"  # a choice is kept
+        curve = read_curve(lrs, loss, optimizer)
+        assert curve.method == method and curve.lr == curve.readings[method]
+    assert read_curve(lrs, loss, "adamw", "valley").method == "valley"  # a choice is kept
 
 
 def late_dip_curve():
@@ -290,7 +267,3 @@ def test_the_range_spans_the_fit_cases_ratios_and_stops_at_the_blow_up():
     assert low < 0.05 <= high
 
 
-def test_confidence_weighs_the_readings_that_agree_not_valley():
-    readings = {"rise": 0.02, "steepest": 0.01, "valley": 1e-5, "minimum": 0.012}
-    assert trusted_readings(readings, "sgd") == [0.02, 0.01, 0.012]
-    assert trusted_readings(readings, "adamw") == [0.01, 0.012]

@@ -69,13 +69,10 @@ def test_a_best_rate_where_a_seed_collapses_is_given_up_for_a_stable_one():
     assert study.seed_collapsed({0: 95.5, 1: 13.1}) and not study.seed_collapsed({0: 62.5, 1: 55.5, 2: 56.0})
 
 
-def test_distribution_and_calibration_tables():
+def test_distribution_of_log_ratios():
     stats = study.log_ratio_stats([0.5, -0.25, 0.1])
     assert stats == {"n": 3, "mean": pytest.approx(0.117, abs=1e-3), "sd": pytest.approx(0.306, abs=1e-3),
                      "worst": 0.5}
-    table = study.calibration([("high", True), ("high", True), ("medium", False), ("low", True), ("low", False)])
-    assert table["high"] == {"cases": 2, "in_plateau": 2, "share": 1.0}
-    assert table["medium"]["share"] == 0.0 and table["low"]["share"] == 0.5
 
 
 def test_the_budget_verification_costs_at_most_its_share_of_the_sweep():
@@ -98,33 +95,27 @@ def test_summary_tables_in_markdown():
         "methods": {"auto": {"n": 2, "mean": -0.67, "sd": 0.18, "worst": -0.85, "in_plateau": 1, "collapsed": 0,
                              **study.gap_stats([(3.1, 0.6), (5.1, 5.0)])},
                     "lr_verify": {"n": 2, "mean": -0.5, "sd": 0.1, "worst": -0.6, "in_plateau": 0, "collapsed": 0,
-                                  "median_gap": 0.4, "within_noise": 2, "sweeps": 0.83}},
-        "calibration": study.calibration([("medium", True), ("medium", False)])}}
+                                  "median_gap": 0.4, "within_noise": 2, "sweeps": 0.83}}}}
     text = study.summary_markdown(report)
     assert study.gap_stats([(3.1, 0.6), (5.1, 5.0)]) == {"median_gap": 4.1, "within_noise": 0}
     assert study.gap_stats([(0.2, 0.8), (4.0, 5.0), (9.0, 1.0)]) == {"median_gap": 4.0, "within_noise": 2}
     assert "| auto | 2 | -0.67 | 0.18 | -0.85 | 1 of 2 | 4.1 | 0 of 2 | 0 | 0.00 |" in text
     assert "| lr_verify | 2 | -0.50 | 0.10 | -0.60 | 0 of 2 | 0.4 | 2 of 2 | 0 | 0.83 |" in text
-    assert "covers the best rate on 1 of 2" in text and "| medium | 2 | 1 | 50% |" in text
-    assert "| high | 0 | 0 | - |" in text and "fit cases" not in text
+    assert "covers the best rate on 1 of 2" in text and "fit cases" not in text
 
 
-def test_the_committed_study_record_is_what_the_test_records_give(tmp_path):
-    out = tmp_path / "record.json"
-    assert study.main(["--set", "test", "--only_records", "--study_record", str(out)]) == 0
-    made, committed = json.loads(out.read_text()), json.loads((REPO / "suggestion_study_record.json").read_text())
-    assert made.pop("written") and committed.pop("written")
-    assert made == committed and [c["name"] for c in committed["cases"]] == [c.name for c in study_cases.TEST_CASES]
-
-
-def test_the_study_record_needs_every_test_case_and_both_verifications(tmp_path, capsys):
-    out = tmp_path / "record.json"
-    assert study.main(["--set", "test", "--only_records", "--records", str(tmp_path / "none"),
-                       "--study_record", str(out)]) == 2
-    assert "needs every test case with both verifications; missing: colour-16px-b32," in capsys.readouterr().err
-    assert study.main(["--set", "test", "--only_records", "--no_verify", "--study_record", str(out)]) == 2
-    assert "both verifications; drop --no_verify" in capsys.readouterr().err
-    assert not out.exists()
+def test_verification_records_read_the_same_before_and_after_the_grouped_json():
+    """The committed records hold the finder's JSON of their day: both layouts read alike."""
+    trials = [{"round": 1, "lr": 0.01, "loss": 1.0, "top1": 50.0, "steps": 10}]
+    flat = {"success": True, "suggested_lr": 0.02, "verification": trials, "suggested_range": [0.005, 0.08],
+            "verify_total_steps": 30, "verify_outcome": "replaced"}
+    grouped = {"success": True, "suggested_lr": 0.02, "schema_version": 2, "error": None,
+               "answer": {"lr": 0.02, "low": 0.005, "high": 0.08},
+               "verification": {"trials": trials, "total_steps": 30, "outcome": "replaced"}}
+    read = study.verified_answer(grouped)
+    assert {k: read[k] for k in ("verification", "suggested_range", "suggested_lr", "verify_total_steps",
+                                 "verify_outcome")} == {k: flat[k] for k in read if k != "error"}
+    assert study.verified_answer(flat) is flat
 
 
 def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
@@ -150,7 +141,7 @@ def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, cap
     assert {"auto", "rise", "steepest", "valley", "minimum", "lr_verify"} <= set(case["methods"])
     for method in case["methods"].values():
         assert set(method) == {"lr", "log10_best_over_reading", "top1", "gap", "extrapolated", "in_plateau", "collapsed"}
-    assert {"confidence", "loss_drop", "suggested_range", "history"} <= set(case["sweep"])
+    assert {"loss_drop", "edge_lr", "suggested_range", "history"} <= set(case["sweep"])
     assert set(case["range"]) == {"low", "high", "covers_best"}
     verify = case["cost"]["lr_verify"]
     assert case["cost"]["sweep_steps"] == 20 and verify["first_round_steps"] == 2 and verify["steps"] >= 2

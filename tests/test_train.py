@@ -142,8 +142,13 @@ def test_missing_or_corrupt_checkpoint_is_an_error_not_a_fresh_start(tmp_path, c
 
 def test_lr_from_reads_the_finder_json(tmp_path):
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({"success": True, "suggested_lr": 0.0123}))
+    good.write_text(json.dumps({"success": True, "suggested_lr": 0.0123, "schema_version": 2, "answer": {}}))
     assert read_lr_from(str(good))["suggested_lr"] == 0.0123
+    older = tmp_path / "older.json"  # written before the result had its groups
+    older.write_text(json.dumps({"success": True, "suggested_lr": 0.0123, "global_batch_size": 256}))
+    with pytest.raises(UserInputError, match=r"older\.json: written by an older version of the finder \(no "
+                                             r"schema_version 2\); rerun the finder, or pass --lr 0\.0123"):
+        read_lr_from(str(older))
     failed = tmp_path / "failed.json"
     failed.write_text(json.dumps({"success": False, "error": "error: no suggestion", "suggested_lr": None}))
     with pytest.raises(UserInputError, match=r"that sweep did not succeed \(error: no suggestion\)"):
@@ -166,8 +171,8 @@ def test_scaling_rules_for_another_global_batch():
 
 def test_lr_from_scales_to_the_training_batch_unless_told_not_to(tmp_path):
     found = tmp_path / "suggested_lr.json"
-    found.write_text(json.dumps({"success": True, "suggested_lr": 0.05, "suggestion_method": "rise",
-                                 "global_batch_size": 32, "optimizer": "sgd"}))
+    found.write_text(json.dumps({"success": True, "suggested_lr": 0.05, "schema_version": 2, "answer": {
+        "method": "rise", "global_batch_size": 32, "optimizer": "sgd"}}))
     lr, record = lr_from_json(str(found), 128, "sgd", no_scaling=False)
     assert lr == pytest.approx(0.2)
     assert record == {"file": str(found), "suggested_lr": 0.05, "suggestion_method": "rise", "sweep_global_batch": 32,
@@ -188,7 +193,8 @@ def test_training_from_a_finder_json_records_the_scaling_in_config(tmp_path, cap
 
     data = make_image_folder(tmp_path / "data", per_class=8, val_per_class=2)
     found = tmp_path / "suggested_lr.json"
-    found.write_text(json.dumps({"success": True, "suggested_lr": 0.01, "global_batch_size": 4, "optimizer": "sgd"}))
+    found.write_text(json.dumps({"success": True, "suggested_lr": 0.01, "schema_version": 2,
+                                 "answer": {"global_batch_size": 4, "optimizer": "sgd"}}))
     flags = [f for f in TRAIN if f not in ("--lr", "0.02")]
     flags[flags.index("--batch_size") + 1] = "8"
     flags[flags.index("--epochs") + 1] = "1"
