@@ -44,6 +44,19 @@ def run_cli(script: str, *args, timeout: float = 240, env_extra: dict | None = N
                           timeout=timeout, cwd=REPO, env=env)
 
 
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """main.py in this process (its imports are paid once per test session): (exit code, stdout,
+    stderr). For what users see of a real process, run_cli."""
+    import main
+
+    try:
+        code = main.main([str(a) for a in args])
+    except SystemExit as stop:  # argparse's one-line errors
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 # The one set of flags that makes a range test or a training take seconds on a CPU: small images, a
 # small batch, no loader processes, and ResNet-18 (about 3.5x faster a step than ResNet-50 here),
 # for every test that is not about ResNet-50 itself. A flag repeated later on a command line wins.

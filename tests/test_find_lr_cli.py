@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import FAST, run_cli
+from conftest import FAST, run_cli, run_main
 
 SPEC_FIELDS = ["suggested_lr", "dataset", "batch_size", "lr_finder_epochs", "plot_file", "log_file", "timestamp"]
 GROUPS = {"answer", "curve", "sweep", "verification", "data", "machine", "configuration"}
@@ -86,11 +86,12 @@ def test_a_run_never_reads_the_suggestion_study(image_folder, tmp_path, monkeypa
     assert any(path.startswith(str(image_folder)) for path in opened)  # the hook saw the run's own reads
 
 
-def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_folder, tmp_path):
-    proc = find_lr(image_folder, tmp_path, "--lr_iter", "epoch", "--epochs", "2", "--max_samples", "12",
-                   "--lr_advanced", "--lr_step_mode", "linear", "--lr_end", "0.1", "--lr_val_batches", "1",
-                   "--lr_diverge_th", "1000")
-    assert proc.returncode == 0, proc.stderr
+def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_folder, tmp_path, capsys):
+    code, _, err = run_main(capsys, "--find_lr", "--data_dir", image_folder, "--lr_plot", tmp_path / "plot.png",
+                            *FAST, "--lr_iter", "epoch", "--epochs", "2", "--max_samples", "12", "--lr_advanced",
+                            "--lr_step_mode", "linear", "--lr_end", "0.1", "--lr_val_batches", "1",
+                            "--lr_diverge_th", "1000")
+    assert code == 0, err
     result = json.loads((tmp_path / "suggested_lr.json").read_text())
     sweep = result["sweep"]
     assert sweep["lr_iter"] == 6 and sweep["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs

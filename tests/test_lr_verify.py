@@ -21,7 +21,7 @@ from lr_verify import (
     verify_rates,
 )
 
-from conftest import FAST, make_image_folder, run_cli
+from conftest import FAST, make_image_folder, run_main
 
 CPU = torch.device("cpu")
 
@@ -143,16 +143,16 @@ def test_a_diverging_rate_is_recorded_as_such():
     assert any(not math.isfinite(t.loss) and t.top1 == 0.0 for t in rounds[0])
 
 
-def test_cli_verification_without_val_holds_out_part_of_train(tmp_path):
+def test_cli_verification_without_val_holds_out_part_of_train(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", per_class=12)
     for folder in (data / "val").iterdir():  # no val/: the trials must be scored on held-out train images
         for f in folder.iterdir():
             f.unlink()
         folder.rmdir()
     (data / "val").rmdir()
-    proc = run_cli("main.py", "--find_lr", "--data_dir", data, *FAST, "--lr_iter", "12", "--lr_start", "1e-3",
-                   "--lr_verify", "2", "--lr_plot", tmp_path / "out" / "p.png")
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_main(capsys, "--find_lr", "--data_dir", data, *FAST, "--lr_iter", "12", "--lr_start", "1e-3",
+                            "--lr_verify", "2", "--lr_plot", tmp_path / "out" / "p.png")
+    assert code == 0, err
     result = json.loads((tmp_path / "out" / "suggested_lr.json").read_text())
     answer, curve, verification = result["answer"], result["curve"], result["verification"]
     trials = verification["trials"]

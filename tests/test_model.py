@@ -3,8 +3,6 @@ from torch import nn
 
 from model_resnet50 import build_resnet50, count_parameters
 
-from conftest import REPO
-
 
 def test_imagenet_resnet50_has_the_reference_parameter_count():
     assert count_parameters(build_resnet50(1000, 224)) == 25_557_032
@@ -55,12 +53,10 @@ def test_arch_builds_other_torchvision_models_with_the_small_input_stem_for_resn
     assert mobile.classifier[-1].out_features == 10
 
 
-def test_an_unknown_arch_is_a_one_line_error_with_exit_2():
-    import subprocess
-    import sys
+def test_an_unknown_arch_is_a_one_line_error_with_exit_2(capsys):
+    from conftest import run_main
 
-    proc = subprocess.run([sys.executable, "main.py", "--find_lr", "--arch", "resnet51"], cwd=REPO,
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("main.py: error: --arch resnet51: not a torchvision classification model "
-                                   "(e.g. resnet50, resnet18, mobilenet_v3_small) (see --help)")
+    code, _, err = run_main(capsys, "--find_lr", "--arch", "resnet51")
+    assert code == 2
+    assert err.strip().endswith("error: --arch resnet51: not a torchvision classification model "
+                                "(e.g. resnet50, resnet18, mobilenet_v3_small) (see --help)")

@@ -25,7 +25,7 @@ from model_resnet50 import (
     resnet50_v15_config_mismatches,
 )
 
-from conftest import FAST, run_cli
+from conftest import FAST
 
 CPU = torch.device("cpu")
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -248,13 +248,16 @@ def test_nothing_found_is_one_line_naming_both_caches_and_the_fetch_command(imag
     assert FETCH_COMMAND in err[0]
 
 
-def test_find_lr_runs_from_microsofts_weights(reference, image_folder, tmp_path):
+def test_find_lr_runs_from_microsofts_weights(reference, image_folder, tmp_path, capsys):
+    from conftest import run_main
+
     out = tmp_path / "out"
-    proc = run_cli("main.py", "--find_lr", "--data_dir", image_folder, "--lr_plot", out / "plot.png", *FAST,
-                   "--arch", "resnet50", "--input_size", "72", "--lr_iter", "8", "--use_pretrained", "--pretrained_path", reference[1])
-    assert proc.returncode == 0, proc.stderr
-    assert f"Pretrained: loaded 318 tensors from {reference[1] / 'model.safetensors'}" in proc.stdout
-    assert "classifier re-initialised for 3 classes" in proc.stdout and "stem" not in proc.stdout
+    code, stdout, err = run_main(capsys, "--find_lr", "--data_dir", image_folder, "--lr_plot", out / "plot.png", *FAST,
+                                 "--arch", "resnet50", "--input_size", "72", "--lr_iter", "8", "--use_pretrained",
+                                 "--pretrained_path", reference[1])
+    assert code == 0, err
+    assert f"Pretrained: loaded 318 tensors from {reference[1] / 'model.safetensors'}" in stdout
+    assert "classifier re-initialised for 3 classes" in stdout and "stem" not in stdout
     assert json.loads((out / "suggested_lr.json").read_text())["success"] is True
 
 

@@ -16,7 +16,7 @@ from prepare_imagenet import main as prepare_main
 from preprocess import EpochSampler, build_datasets, build_loader
 from shards import ShardImages, Shards, batches_skipped, rank_shards, share_out
 
-from conftest import FAST, REPO, make_image_folder, run_cli
+from conftest import FAST, REPO, make_image_folder, run_cli, run_main
 
 CPU = __import__("torch").device("cpu")
 
@@ -166,25 +166,27 @@ def test_a_truncated_shard_is_named_with_what_was_read_before_it(tree, tmp_path,
     assert len(labels) == 4 + 2  # the other shard, and the two samples before the cut
 
 
-def test_lines_and_exit_code_2_for_empty_folders_and_missing_shards(tree, tmp_path):
+def test_lines_and_exit_code_2_for_empty_folders_and_missing_shards(tree, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli("main.py", "--find_lr", "--data_dir", empty, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
-    assert proc.returncode == 2 and proc.stderr.strip() == (
+    code, _, err = run_main(capsys, "--find_lr", "--data_dir", empty, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
+    assert code == 2 and err.strip() == (
         f"error: --data_dir {empty}: the folder is empty; put train/ and val/ class folders there, "
         "or WebDataset shards named like imagenet1k-train-0000.tar")
 
     out = write_shards(tree, tmp_path / "wds", 4)
     (out / "imagenet1k-train-0002.tar").unlink()
-    proc = run_cli("main.py", "--find_lr", "--data_dir", out, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert f"error: {out / 'imagenet1k-train-0002.tar'}: listed in the shards' metadata but missing" in proc.stderr
+    capsys.readouterr()  # the writer's progress
+    code, _, err = run_main(capsys, "--find_lr", "--data_dir", out, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"error: {out / 'imagenet1k-train-0002.tar'}: listed in the shards' metadata but missing" in err
 
     for p in out.glob("imagenet1k-train-*.tar"):
         p.unlink()
-    proc = run_cli("main.py", "--data_dir", out, "--lr", "0.1", "--output_dir", tmp_path / "t", *FAST)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "no <name>-train-NNNN.tar shards (found imagenet1k-validation-00.tar" in proc.stderr
+    code, _, err = run_main(capsys, "--data_dir", out, "--lr", "0.1", "--output_dir", tmp_path / "t", *FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no <name>-train-NNNN.tar shards (found imagenet1k-validation-00.tar" in err
+    assert not (tmp_path / "o" / "suggested_lr.json").exists()
 
 
 def test_range_test_then_one_training_epoch_on_shards(tree, tmp_path):
@@ -214,11 +216,13 @@ def test_two_ranks_on_uneven_shards_take_equal_steps_and_finish(tree, tmp_path):
     assert ranks[0]["losses"] == ranks[1]["losses"]
 
 
-def test_lr_verify_on_shards_is_refused_in_one_line(tree, tmp_path):
+def test_lr_verify_on_shards_is_refused_in_one_line(tree, tmp_path, capsys):
     out = write_shards(tree, tmp_path / "wds", 4)
-    proc = run_cli("main.py", "--find_lr", "--lr_verify", "5", "--data_dir", out, "--lr_plot",
-                   tmp_path / "o" / "p.png", *FAST)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --lr_verify picks held-out images by index")
+    capsys.readouterr()  # the writer's progress
+    code, _, err = run_main(capsys, "--find_lr", "--lr_verify", "5", "--data_dir", out, "--lr_plot",
+                            tmp_path / "o" / "p.png", *FAST)
+    assert code == 2 and err.startswith("error: --lr_verify picks held-out images by index")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_shard_dataset_without_metadata_counts_samples_from_tar_headers(tree, tmp_path):
