@@ -44,17 +44,21 @@ def run_cli(script: str, *args, timeout: float = 240, env_extra: dict | None = N
                           timeout=timeout, cwd=REPO, env=env)
 
 
-def run_main(capsys, *args) -> tuple[int, str, str]:
+def run_main(*args) -> tuple[int, str, str]:
     """main.py in this process (its imports are paid once per test session): (exit code, stdout,
     stderr). For what users see of a real process, run_cli."""
+    import contextlib
+    import io
+
     import main
 
-    try:
-        code = main.main([str(a) for a in args])
-    except SystemExit as stop:  # argparse's one-line errors
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main.main([str(a) for a in args])
+        except SystemExit as stop:  # argparse's one-line errors
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
 
 
 # The one set of flags that makes a range test or a training take seconds on a CPU: small images, a

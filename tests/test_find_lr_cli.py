@@ -87,7 +87,7 @@ def test_a_run_never_reads_the_suggestion_study(image_folder, tmp_path, monkeypa
 
 
 def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_folder, tmp_path, capsys):
-    code, _, err = run_main(capsys, "--find_lr", "--data_dir", image_folder, "--lr_plot", tmp_path / "plot.png",
+    code, _, err = run_main("--find_lr", "--data_dir", image_folder, "--lr_plot", tmp_path / "plot.png",
                             *FAST, "--lr_iter", "epoch", "--epochs", "2", "--max_samples", "12", "--lr_advanced",
                             "--lr_step_mode", "linear", "--lr_end", "0.1", "--lr_val_batches", "1",
                             "--lr_diverge_th", "1000")

@@ -150,7 +150,7 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path, capsys):
             f.unlink()
         folder.rmdir()
     (data / "val").rmdir()
-    code, _, err = run_main(capsys, "--find_lr", "--data_dir", data, *FAST, "--lr_iter", "12", "--lr_start", "1e-3",
+    code, _, err = run_main("--find_lr", "--data_dir", data, *FAST, "--lr_iter", "12", "--lr_start", "1e-3",
                             "--lr_verify", "2", "--lr_plot", tmp_path / "out" / "p.png")
     assert code == 0, err
     result = json.loads((tmp_path / "out" / "suggested_lr.json").read_text())

@@ -56,7 +56,7 @@ def test_arch_builds_other_torchvision_models_with_the_small_input_stem_for_resn
 def test_an_unknown_arch_is_a_one_line_error_with_exit_2(capsys):
     from conftest import run_main
 
-    code, _, err = run_main(capsys, "--find_lr", "--arch", "resnet51")
+    code, _, err = run_main("--find_lr", "--arch", "resnet51")
     assert code == 2
     assert err.strip().endswith("error: --arch resnet51: not a torchvision classification model "
                                 "(e.g. resnet50, resnet18, mobilenet_v3_small) (see --help)")

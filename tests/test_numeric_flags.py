@@ -106,7 +106,7 @@ def test_huge_accepted_values_give_a_run_not_a_traceback(image_folder, tmp_path,
     the first non-finite loss, and ends as the JSON says, without an exception (in this process:
     one would fail the test)."""
     out = tmp_path / "out"
-    code, _, err = run_main(capsys, "--find_lr", "--data_dir", image_folder, "--lr_plot", out / "p.png", *FAST,
+    code, _, err = run_main("--find_lr", "--data_dir", image_folder, "--lr_plot", out / "p.png", *FAST,
                             "--lr_end", "1e300", "--lr_iter", "12", "--num_workers", str(10**30),
                             "--max_samples", str(10**30), "--lr_val_batches", str(10**30))
     assert "Traceback" not in err, err[-2000:]

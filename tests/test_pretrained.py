@@ -252,7 +252,7 @@ def test_find_lr_runs_from_microsofts_weights(reference, image_folder, tmp_path,
     from conftest import run_main
 
     out = tmp_path / "out"
-    code, stdout, err = run_main(capsys, "--find_lr", "--data_dir", image_folder, "--lr_plot", out / "plot.png", *FAST,
+    code, stdout, err = run_main("--find_lr", "--data_dir", image_folder, "--lr_plot", out / "plot.png", *FAST,
                                  "--arch", "resnet50", "--input_size", "72", "--lr_iter", "8", "--use_pretrained",
                                  "--pretrained_path", reference[1])
     assert code == 0, err

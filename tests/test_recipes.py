@@ -18,7 +18,7 @@ from lr_source import lr_from_json
 from recipes import RECIPES, setting_differences
 from train_setup import TrainingLoss, build_ema, build_optimizer, parameter_groups, split_parameters
 
-from conftest import FAST, REPO, kill_after, make_image_folder, run_cli
+from conftest import FAST, REPO, kill_after, make_image_folder, run_cli, run_main
 
 NVIDIA_WD = 3.0517578125e-05  # 1/32768
 
@@ -242,10 +242,10 @@ STEPS_PER_EPOCH = 6  # 3 classes x 8 images, batch 4
 
 def test_kill_and_resume_with_ema_and_mixing_matches_the_uninterrupted_run(tmp_path):
     data = make_image_folder(tmp_path / "data", size=24)
-    full = run_cli("main.py", "--data_dir", data, "--output_dir", tmp_path / "full", *TRAIN)
-    assert full.returncode == 0, full.stderr
+    code, stdout, err = run_main("--data_dir", data, "--output_dir", tmp_path / "full", *TRAIN)
+    assert code == 0, err
     assert "recipe nvidia: label smoothing 0.1, weight decay 3.05176e-05 (norm layers 0, biases 3.05176e-05)" \
-           in full.stdout and "EMA val loss" in full.stdout
+           in stdout and "EMA val loss" in stdout
     config = json.loads((tmp_path / "full" / "config.json").read_text())
     assert (config["recipe"], config["momentum"], config["norm_weight_decay"], config["label_smoothing"]) == \
         ("nvidia", 0.875, 0.0, 0.1)
@@ -257,10 +257,10 @@ def test_kill_and_resume_with_ema_and_mixing_matches_the_uninterrupted_run(tmp_p
     kill_after(cmd, out / "last.pt", 4, STEPS_PER_EPOCH)
     killed_at = torch.load(out / "last.pt", weights_only=True)
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) != (2, 0) and "ema" in killed_at
-    resumed = run_cli("main.py", "--data_dir", data, "--output_dir", out, *TRAIN, "--checkpoint_every", "1",
-                      "--resume", "auto")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from" in resumed.stdout
+    code, stdout, err = run_main("--data_dir", data, "--output_dir", out, *TRAIN, "--checkpoint_every", "1",
+                                 "--resume", "auto")
+    assert code == 0, err
+    assert "Resuming from" in stdout
 
     def rows(path):
         return list(csv.DictReader(path.open()))

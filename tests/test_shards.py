@@ -169,7 +169,7 @@ def test_a_truncated_shard_is_named_with_what_was_read_before_it(tree, tmp_path,
 def test_lines_and_exit_code_2_for_empty_folders_and_missing_shards(tree, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = run_main(capsys, "--find_lr", "--data_dir", empty, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
+    code, _, err = run_main("--find_lr", "--data_dir", empty, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
     assert code == 2 and err.strip() == (
         f"error: --data_dir {empty}: the folder is empty; put train/ and val/ class folders there, "
         "or WebDataset shards named like imagenet1k-train-0000.tar")
@@ -177,13 +177,13 @@ def test_lines_and_exit_code_2_for_empty_folders_and_missing_shards(tree, tmp_pa
     out = write_shards(tree, tmp_path / "wds", 4)
     (out / "imagenet1k-train-0002.tar").unlink()
     capsys.readouterr()  # the writer's progress
-    code, _, err = run_main(capsys, "--find_lr", "--data_dir", out, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
+    code, _, err = run_main("--find_lr", "--data_dir", out, "--lr_plot", tmp_path / "o" / "p.png", *FAST)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"error: {out / 'imagenet1k-train-0002.tar'}: listed in the shards' metadata but missing" in err
 
     for p in out.glob("imagenet1k-train-*.tar"):
         p.unlink()
-    code, _, err = run_main(capsys, "--data_dir", out, "--lr", "0.1", "--output_dir", tmp_path / "t", *FAST)
+    code, _, err = run_main("--data_dir", out, "--lr", "0.1", "--output_dir", tmp_path / "t", *FAST)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "no <name>-train-NNNN.tar shards (found imagenet1k-validation-00.tar" in err
     assert not (tmp_path / "o" / "suggested_lr.json").exists()
@@ -219,7 +219,7 @@ def test_two_ranks_on_uneven_shards_take_equal_steps_and_finish(tree, tmp_path):
 def test_lr_verify_on_shards_is_refused_in_one_line(tree, tmp_path, capsys):
     out = write_shards(tree, tmp_path / "wds", 4)
     capsys.readouterr()  # the writer's progress
-    code, _, err = run_main(capsys, "--find_lr", "--lr_verify", "5", "--data_dir", out, "--lr_plot",
+    code, _, err = run_main("--find_lr", "--lr_verify", "5", "--data_dir", out, "--lr_plot",
                             tmp_path / "o" / "p.png", *FAST)
     assert code == 2 and err.startswith("error: --lr_verify picks held-out images by index")
     assert len(err.strip().splitlines()) == 1

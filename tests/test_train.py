@@ -13,7 +13,7 @@ from lr_source import describe_lr_source, lr_from_json, read_lr_from, scale_lr
 from train import topk_correct
 from train_setup import build_scheduler, lr_multiplier
 
-from conftest import FAST, REPO, kill_after, make_image_folder, run_cli
+from conftest import FAST, REPO, kill_after, make_image_folder, run_cli, run_main
 
 TRAIN = ["--lr", "0.02", "--epochs", "2", *FAST, "--seed", "1"]
 
@@ -65,9 +65,9 @@ def test_topk_on_a_hand_made_batch():
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = make_image_folder(root / "data")
-    proc = run_cli("main.py", "--data_dir", data, "--output_dir", root / "full", *TRAIN)
-    assert proc.returncode == 0, proc.stderr
-    return root, data, proc
+    code, stdout, err = run_main("--data_dir", data, "--output_dir", root / "full", *TRAIN)
+    assert code == 0, err
+    return root, data, stdout
 
 
 def rows(path):
@@ -75,7 +75,7 @@ def rows(path):
 
 
 def test_two_epochs_write_metrics_plot_config_and_checkpoints(trained):
-    root, _, proc = trained
+    root, _, stdout = trained
     out = root / "full"
     metrics = rows(out / "metrics.csv")
     assert [r["epoch"] for r in metrics] == ["1", "2"]
@@ -89,7 +89,7 @@ def test_two_epochs_write_metrics_plot_config_and_checkpoints(trained):
     best = torch.load(out / "best.pt", weights_only=True)
     assert last["epoch"] == 2 and last["step_in_epoch"] == 0 and len(last["lr_trace"]) == 12
     assert best["best_top1"] == max(float(r["val_top1"]) for r in metrics)
-    assert "epoch 2/2: train loss" in proc.stdout
+    assert "epoch 2/2: train loss" in stdout
 
 
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(trained):
@@ -101,10 +101,10 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(trained):
     killed_at = torch.load(out / "last.pt", weights_only=True)
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) != (2, 0)
 
-    resumed = run_cli("main.py", "--data_dir", data, "--output_dir", out, *TRAIN, "--checkpoint_every", "1",
-                      "--resume", "auto")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from" in resumed.stdout
+    code, stdout, err = run_main("--data_dir", data, "--output_dir", out, *TRAIN, "--checkpoint_every", "1",
+                                 "--resume", "auto")
+    assert code == 0, err
+    assert "Resuming from" in stdout
     full, again = rows(root / "full" / "metrics.csv"), rows(out / "metrics.csv")
     for a, b in zip(full, again, strict=True):
         for key in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
