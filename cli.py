@@ -127,14 +127,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     finder.add_argument("--lr_plot", default="./lr_finder_plot.png",
                         help="plot path; the log, JSON and history CSV go in the same folder")
     finder.add_argument("--lr_step_mode", default="exp", choices=("exp", "linear"), help="how the rate grows per step")
-    finder.add_argument("--lr_smooth_f", type=finite_float, default=0.05, help="loss smoothing factor in [0, 1)")
+    finder.add_argument("--lr_smooth_f", type=finite_float, default=0.05,
+                        help="smoothing factor in [0, 1) of the plotted loss and the divergence stop "
+                             "(the readings use a running median)")
     finder.add_argument("--lr_diverge_th", type=finite_float, default=5.0,
                         help="stop when the smoothed loss exceeds this times the best loss")
-    finder.add_argument("--lr_suggest", default="auto", choices=("auto", "rise", "steepest", "valley", "minimum"),
-                        help="which reading of the curve becomes suggested_lr: auto (default) = rise with SGD, "
-                             "minimum with AdamW (as benchmarks/suggestion_study.py measured); "
-                             "rise = half the rate at which the loss starts to rise; steepest, valley (fastai) "
-                             "and minimum (a tenth of the lowest point) read the smoothed curve")
+    finder.add_argument("--lr_suggest", default="auto",
+                        choices=("auto", "bottom", "rise", "steepest", "valley", "minimum"),
+                        help="which reading of the curve becomes suggested_lr: auto (default) = bottom with SGD, "
+                             "a third of it with AdamW (as benchmarks/suggestion_study.py measured); bottom = the "
+                             "rate at the loss's lowest point before it turns up; rise = half the rate at which it "
+                             "turns up; steepest, valley (fastai) and minimum (a tenth of the lowest point)")
     finder.add_argument("--lr_verify", type=int, default=0, metavar="N",
                         help="after the sweep, train N steps (warm-up + cosine to 0) from the same initial weights "
                              "at 5 rates x2 apart around the suggestion, score each on held-out images (val/ if "

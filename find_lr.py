@@ -164,7 +164,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 def read_sweep(losses, lrs, args):
     """(the curve's reading, None), or (None, why there is none)."""
     try:
-        return read_curve(lrs, losses, args.optimizer, args.lr_suggest, args.lr_smooth_f), None
+        return read_curve(lrs, losses, args.optimizer, args.lr_suggest), None
     except SuggestionError as exc:
         return None, f"no suggestion: {exc}"
 
@@ -231,7 +231,7 @@ def build_result(args, dist: Distributed, paths: dict, train_ds, batches_per_epo
     training_readings = None
     if args.lr_advanced and curve is not None:
         try:
-            training_readings = suggest_all(sweep.lrs, sweep.raw_losses, args.lr_smooth_f)
+            training_readings = suggest_all(sweep.lrs, sweep.raw_losses)
         except SuggestionError:
             pass
     return FinderResult(

@@ -10,11 +10,11 @@ rest: ``answer``, ``curve``, ``sweep``, ``verification``, ``data``, ``machine``,
 
 from dataclasses import asdict, dataclass, field, fields
 
-from suggest import LOW_DROP, VERY_HIGH_LR, VERY_LOW_LR, CurveReading
+from suggest import SHALLOW_FALL, VERY_HIGH_LR, VERY_LOW_LR, CurveReading
 
 SCHEMA_VERSION = 2
 # The suggestion rule's version (the date it was frozen) and where it is measured.
-RULE_VERSION = "2026-11-30"
+RULE_VERSION = "2026-12-06"
 RULE_DOC = "docs/suggestion_study.md"
 STOPPED_BY_THE_LOSS = ("diverged", "non_finite_loss")  # how a range test normally ends
 
@@ -192,9 +192,9 @@ def answer_warnings(lr: float, curve: CurveReading, verification: Verification |
         warnings.append(f"the rate {lr:.2e} is very high (over {VERY_HIGH_LR:g}): training may diverge; start "
                         "at a tenth of it and watch the first epoch")
     if curve.edge_lr is None:
-        warnings.append("the loss never turned up, so the answer is a tenth of the lowest point's rate; "
+        warnings.append("the loss never turned up, so the answer reads a tenth of the lowest point's rate; "
                         "raise --lr_end to see where training becomes unstable")
-    if curve.loss_drop < LOW_DROP:
+    if curve.loss_drop < SHALLOW_FALL:
         warnings.append(f"the loss fell only {curve.loss_drop:.0%}: the sweep barely learned, so the curve shows "
                         "little more than where training becomes unstable; more steps (--lr_iter), a larger "
                         "batch, or --lr_verify N (short trainings across the range) give a firmer answer")

@@ -5,7 +5,7 @@ sweep). The curve's readings are in ``suggest.py``, the plot in ``lr_plot.py``.
     finder = RangeTest(model, optimizer, criterion, device, **amp_options(device, torch.bfloat16),
                        input_transform=partial(to_model_input, device=device))
     sweep = finder.sweep(train_loader, start_lr=1e-7, end_lr=10, num_iter=1000)
-    suggestions = suggest_all(sweep.lrs, sweep.raw_losses, smooth_f=0.05)
+    suggestions = suggest_all(sweep.lrs, sweep.raw_losses)
 
 (``to_model_input`` is images.py's; any other model takes ``RangeTest`` as it takes ``LRFinder``.)
 """

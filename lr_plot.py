@@ -56,7 +56,7 @@ def plot_sweep(path: str, result, sweep, smooth_f: float, title: str, advanced: 
     if curve is not None and curve.edge_lr is not None:
         ax.axvline(curve.edge_lr, color="0.25", ls=":", lw=1.2, label=f"loss turns up: {curve.edge_lr:.2e}")
     if advanced and curve is not None:
-        markers = {"rise": ("tab:orange", ":"), "valley": ("tab:olive", ":"), "minimum": ("tab:purple", "-."),
+        markers = {"bottom": ("tab:cyan", ":"), "rise": ("tab:orange", ":"), "valley": ("tab:olive", ":"), "minimum": ("tab:purple", "-."),
                    "steepest": ("tab:brown", ":")}
         for name, lr in curve.readings.items():
             if answer is None or not math.isclose(lr, answer.lr):

@@ -14,6 +14,8 @@ from finder_result import FinderResult
 RULE = "=" * 80
 OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
 READING_MEANS = {
+    "bottom": "the rate at the loss's lowest point, before it turns up",
+    "bottom/3": "a third of the rate at the loss's lowest point, before it turns up",
     "rise": "half the rate at which the loss turns up",
     "minimum": "a tenth of the rate at the loss's lowest point",
     "steepest": "where the loss fell fastest",

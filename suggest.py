@@ -2,8 +2,11 @@
 files. The landmarks (where the loss is lowest, where it starts to rise), each reading of the curve
 (rise, steepest, valley, minimum), the answer for an optimizer and its range.
 
+Every reading is taken from one curve: the centred running median of the raw loss
+(``robust_curve``), which neither lags nor follows a wild batch, read up to its first sustained rise.
+
     reading = read_curve(lrs, raw_losses, optimizer="sgd")       # .lr, .method, .low, .high, .edge_lr, ...
-    suggestions = suggest_all(lrs, raw_losses, smooth_f=0.05)   # {"rise": ..., "steepest": ..., ...}
+    suggestions = suggest_all(lrs, raw_losses)                  # {"bottom": ..., "rise": ..., ...}
     landmarks = find_landmarks(lrs, raw_losses)                  # loss_drop, edge_lr, min_loss_lr, ...
 """
 
@@ -15,12 +18,18 @@ import numpy as np
 MIN_POINTS = 5
 VERY_LOW_LR = 1e-5
 VERY_HIGH_LR = 1.0
-# Chosen with benchmarks/suggestion_study.py (docs/suggestion_study.md): with SGD the default rate is
-# the edge divided by RISE_DIVISOR (with AdamW a tenth of the lowest point's rate: auto_method). A
-# loss that fell less than LOW_DROP is a curve whose edge is the only landmark (and gets a warning).
-RISE_DIVISOR = 2.0
+# The default (auto) is the bottom, the rate at the running median's lowest point before the loss
+# turns up, divided by AUTO_DIVISORS[optimizer]. Chosen on the study's 13 fit cases, trainings of 300
+# to 1,540 steps (docs/suggestion_study.md, "The rule of 2026-12-06"):
+# - SGD, 1 (the bottom itself): best / bottom was 0.65 to 1.5 on six of eight SGD fit cases and 6 and
+#   7.6 on two; no divisor put all eight in their plateaus, 1 puts six (the edge / 2, the rule before,
+#   five, and no single divisor of the edge more than five).
+# - AdamW, 3: every divisor from 1.7 to 3.3 puts all five AdamW fit cases in their plateaus.
+AUTO_DIVISORS = {"sgd": 1.0, "adamw": 3.0}
+NO_EDGE_DIVISOR = 10.0  # the loss never turned up: the lowest point is only the sweep's end (fastai's minimum)
+RISE_DIVISOR = 2.0  # the ``rise`` reading, on request: half the edge
 NOISE_MARGIN = 4.0  # the edge must stand this many standard errors of the running median above the bottom
-LOW_DROP = 0.15
+SHALLOW_FALL = 0.15  # under it the log warns that the sweep barely learned (a warning only: no answer changes)
 
 
 class SuggestionError(ValueError):
@@ -85,16 +94,17 @@ class Landmarks:
     """What a range test shows, read from the raw loss: where the loss starts, its lowest point
     before it first rises, and the edge, the rate at which the loss climbs back half-way from its
     lowest point to its starting level, clear of the noise (Smith's upper bound: where the loss
-    starts to rise). After a deep fall, the edge is the first sustained rise: a later dip, however
-    low, is not looked at (past that rise the sweep's model is already damaged). After a shallow
-    fall, it is the last crossing on the climb into the blow-up (noise cannot fake it). ``edge_lr`` is None when the sweep ended
-    before the loss rose; ``blow_lr`` is the first rate at which the loss stood half as high again as
+    starts to rise). The edge is the first sustained rise: a later dip, however low, is not looked
+    at (past that rise the sweep's model is already damaged). When no rise holds before the blow-up,
+    it is the last crossing on the climb into it. ``edge_lr`` is None when the sweep ended before
+    the loss rose; ``blow_lr`` is the first rate at which the loss stood half as high again as
     at the start (None if it never did)."""
     start_loss: float
     min_loss: float
     min_lr: float
     edge_lr: float | None
     blow_lr: float | None = None
+    valley: bool = True  # whether the loss fell clear of its noise before it rose (else the lowest point is noise)
 
     @property
     def loss_drop(self) -> float:
@@ -103,21 +113,27 @@ class Landmarks:
         return max(0.0, (self.start_loss - self.min_loss) / self.start_loss) if self.start_loss > 0 else 0.0
 
     @property
-    def rise_lr(self) -> float:
-        """The ``rise`` suggestion: the edge over RISE_DIVISOR, else a tenth of the lowest point's rate."""
-        return self.edge_lr / RISE_DIVISOR if self.edge_lr is not None else self.min_lr / 10
+    def bottom_lr(self) -> float:
+        """The ``bottom`` reading: the lowest point's rate, where the loss stopped falling before it
+        turned up. Where the loss fell no further than its own noise there is no such point (the
+        lowest is wherever the noise dipped): the edge is the only landmark, and the reading is the
+        ``rise`` (edge / RISE_DIVISOR). When the loss never turned up, a tenth of the lowest point's
+        rate (NO_EDGE_DIVISOR): the lowest point is then only where the sweep ended."""
+        if self.edge_lr is None:
+            return self.min_lr / NO_EDGE_DIVISOR
+        return self.min_lr if self.valley else self.edge_lr / RISE_DIVISOR
 
     @property
-    def deep(self) -> bool:
-        """Whether the loss fell far enough (LOW_DROP) for its lowest point to be a landmark."""
-        return self.loss_drop >= LOW_DROP
+    def rise_lr(self) -> float:
+        """The ``rise`` reading: the edge over RISE_DIVISOR, else a tenth of the lowest point's rate."""
+        return self.edge_lr / RISE_DIVISOR if self.edge_lr is not None else self.min_lr / NO_EDGE_DIVISOR
 
     @property
     def onecycle_lr(self) -> float:
-        """The peak for one-cycle, Smith's upper bound: the rate where the loss stops falling. On a
-        curve that fell that is its lowest point (the loss can idle far past it before it blows up);
-        on one that barely fell, the edge, else the lowest point's rate."""
-        return self.min_lr if self.deep or self.edge_lr is None else self.edge_lr
+        """The peak for one-cycle, Smith's upper bound: the rate where the loss stops falling (the
+        loss can idle far past it before it blows up); the edge where it fell no further than its
+        noise, and the lowest point's rate where it never turned up."""
+        return self.min_lr if self.valley or self.edge_lr is None else self.edge_lr
 
 
 def level_above(low: float, start: float, noise: float) -> float:
@@ -126,15 +142,17 @@ def level_above(low: float, start: float, noise: float) -> float:
     return low + max(0.5 * (start - low), NOISE_MARGIN * noise)
 
 
-def first_deep_rise(curve: np.ndarray, start: float, noise: float, hold: int, end: int) -> tuple[int, int] | None:
-    """(lowest point, rise) of the first valley that fell deep (LOW_DROP of ``start``) and from
-    which the loss then rose (``level_above``) and stayed risen for ``hold`` points, before ``end``;
-    None if there is none. A shallow dip in a flat, noisy loss is never such a valley."""
+def first_rise(curve: np.ndarray, start: float, noise: float, spread: float, hold: int,
+               end: int) -> tuple[int, int] | None:
+    """(lowest point, rise) of the first valley from which the loss rose (``level_above``) and
+    stayed risen for ``hold`` points, before ``end``; None if there is none. A valley is one whose
+    fall from ``start`` stands clear of the batch-to-batch ``spread`` of the raw loss (NOISE_MARGIN
+    times it): the wander of a flat, noisy loss makes none."""
     lowest = 0
     for i in range(min(end, len(curve))):
         if curve[i] < curve[lowest]:
             lowest = i
-        elif start - curve[lowest] >= LOW_DROP * start:
+        elif start - curve[lowest] > NOISE_MARGIN * spread:
             level = level_above(curve[lowest], start, noise)
             if curve[i] > level and np.all(curve[i:min(i + hold + 1, end)] > level):
                 return lowest, i
@@ -163,10 +181,12 @@ def find_landmarks(lrs, raw_losses, skip_start=None, skip_end=None) -> Landmarks
     # On a curve that barely fell, half-way is inside the noise: the level is then set above the
     # noise of the median itself (from the spread of the raw loss around it, robustly).
     residuals = (raw - curve)[:max(blow, MIN_POINTS)]
-    noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals)))) * 1.25 / math.sqrt(2 * half + 1)
-    lowest, edge = first_deep_rise(curve, start, noise, half, blow) or last_crossing(curve, start, noise, blow)
+    spread = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))  # a robust sd of the raw loss
+    noise = spread * 1.25 / math.sqrt(2 * half + 1)  # the standard error of the median
+    valley = first_rise(curve, start, noise, spread, half, blow)
+    lowest, edge = valley or last_crossing(curve, start, noise, blow)
     return Landmarks(start, float(curve[lowest]), float(lrs[lowest]), float(lrs[edge]) if edge is not None else None,
-                     float(lrs[blow]) if blow < len(curve) else None)
+                     float(lrs[blow]) if blow < len(curve) else None, valley is not None)
 
 
 def before_the_rise(lrs, losses, edge_lr: float | None) -> tuple[list, list, dict]:
@@ -204,15 +224,20 @@ def suggest_valley(lrs, losses, skip_start=None, skip_end=None) -> float:
 
 
 def suggest_minimum(lrs, losses, skip_start=None, skip_end=None) -> float:
-    """One tenth of the learning rate at the lowest loss."""
+    """fastai's minimum: one tenth of the learning rate at the lowest loss."""
     lrs, losses = _window(lrs, losses, skip_start, skip_end)
     return float(lrs[int(np.argmin(losses))] / 10)
 
 
 def suggest_rise(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
     """A fraction (``1 / RISE_DIVISOR``) of the edge: the rate at which the loss starts to rise
-    (see ``Landmarks``); a tenth of the lowest point's rate when the sweep never reached it."""
+    (see ``Landmarks``); the ``bottom`` reading when the sweep never reached it."""
     return find_landmarks(lrs, raw_losses, skip_start, skip_end).rise_lr
+
+
+def suggest_bottom(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
+    """The rate at the lowest point before the loss turns up (``Landmarks.bottom_lr``)."""
+    return find_landmarks(lrs, raw_losses, skip_start, skip_end).bottom_lr
 
 
 def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
@@ -220,25 +245,27 @@ def onecycle_max_lr(lrs, raw_losses, skip_start=None, skip_end=None) -> float:
     return find_landmarks(lrs, raw_losses, skip_start, skip_end).onecycle_lr
 
 
-# Readings of the curve the library smooths (lagging) and the default, read from the raw loss.
+# Readings of the shape of the running median, up to its first sustained rise.
 CURVE_SUGGESTERS = {"steepest": suggest_steepest, "valley": suggest_valley, "minimum": suggest_minimum}
-METHODS = ("rise", *CURVE_SUGGESTERS)
-AUTO = "auto"  # the default: rise or minimum, by optimizer
+METHODS = ("bottom", "rise", *CURVE_SUGGESTERS)
+AUTO = "auto"  # the default: the bottom over AUTO_DIVISORS[optimizer]
+
+
+def auto_divisor(optimizer: str) -> float:
+    """What ``auto`` divides the bottom by (AUTO_DIVISORS: 1 with SGD, 3 with AdamW)."""
+    return AUTO_DIVISORS["adamw" if optimizer == "adamw" else "sgd"]
 
 
 def auto_method(optimizer: str) -> str:
-    """The reading ``auto`` uses: ``minimum`` for AdamW, ``rise`` for SGD (as measured by
-    benchmarks/suggestion_study.py). With SGD a from-scratch ResNet-50 barely learns in a sweep and
-    blows up soon after its lowest point, so only the edge is a landmark; with AdamW the loss falls,
-    then idles far past its lowest point before it blows up, so the edge is no guide."""
-    return "minimum" if optimizer == "adamw" else "rise"
+    """The name of ``auto``'s reading: ``bottom``, or ``bottom/3`` where it divides the bottom."""
+    divisor = auto_divisor(optimizer)
+    return "bottom" if divisor == 1 else f"bottom/{divisor:g}"
 
 
-# How far the best rate lay from the default answer on the fit cases (best / answer, 4-epoch
-# trainings of benchmarks/suggestion_study.py and the three cases measured by hand; see
-# docs/suggestion.md): 0.3 to 6.2 with SGD (the edge is no sharp landmark when the sweep barely
-# learned), 0.7 to 2 with AdamW. The range spans that, not more, and never passes the blow-up.
-RANGE_FACTORS = {"sgd": (4.0, 8.0), "adamw": (3.0, 4.0)}  # (below, above) the answer
+# How far the best rate lay from the default answer on the fit cases (best / answer, trainings of 300
+# to 1,540 steps, docs/suggestion_study.md): 0.65 to 7.6 with SGD, 0.44 to 1.27 with AdamW. The range
+# spans that, not more, and never passes the blow-up.
+RANGE_FACTORS = {"sgd": (2.0, 8.0), "adamw": (3.0, 2.0)}  # (below, above) the answer
 
 
 def suggested_range(answer: float, optimizer: str, blow_lr: float | None) -> tuple[float, float]:
@@ -248,12 +275,18 @@ def suggested_range(answer: float, optimizer: str, blow_lr: float | None) -> tup
     return answer / below, high
 
 
-def suggest_all(lrs, raw_losses, smooth_f: float) -> dict[str, float]:
-    """Every method's rate: ``rise`` from the raw loss, the others from its exponential smoothing,
-    each read only up to the first sustained rise of the loss (``Landmarks``)."""
+def median_curve(lrs, raw_losses) -> list[float]:
+    """The running median every reading is taken from (the landmarks' own window width)."""
+    return list(robust_curve(raw_losses, median_half_width(_window(lrs, raw_losses)[0])))
+
+
+def suggest_all(lrs, raw_losses) -> dict[str, float]:
+    """Every reading's rate, each from the running median of the raw loss and only up to its first
+    sustained rise (``Landmarks``)."""
     marks = find_landmarks(lrs, raw_losses)
-    cut_lrs, cut_losses, skips = before_the_rise(lrs, smooth(raw_losses, smooth_f), marks.edge_lr)
-    return {"rise": marks.rise_lr, **{name: fn(cut_lrs, cut_losses, **skips) for name, fn in CURVE_SUGGESTERS.items()}}
+    cut_lrs, cut_losses, skips = before_the_rise(lrs, median_curve(lrs, raw_losses), marks.edge_lr)
+    return {"bottom": marks.bottom_lr, "rise": marks.rise_lr,
+            **{name: fn(cut_lrs, cut_losses, **skips) for name, fn in CURVE_SUGGESTERS.items()}}
 
 
 @dataclass(frozen=True)
@@ -274,12 +307,15 @@ class CurveReading:
     onecycle_max_lr: float
 
 
-def read_curve(lrs, losses, optimizer: str = "sgd", method: str = AUTO, smooth_f: float = 0.05) -> CurveReading:
-    """The curve's answer (``method`` ``auto``: the reading ``auto_method`` picks for
-    ``optimizer``), its range and landmarks; SuggestionError when the curve is too short."""
-    readings = suggest_all(lrs, losses, smooth_f)
+def read_curve(lrs, losses, optimizer: str = "sgd", method: str = AUTO) -> CurveReading:
+    """The curve's answer (``method`` ``auto``: the bottom over ``auto_divisor(optimizer)``), its
+    range and landmarks; SuggestionError when the curve is too short."""
+    readings = suggest_all(lrs, losses)
     marks = find_landmarks(lrs, losses)
-    name = auto_method(optimizer) if method == AUTO else method
-    low, high = suggested_range(readings[name], optimizer, marks.blow_lr)
-    return CurveReading(readings, name, readings[name], low, high, marks.start_loss, marks.min_loss,
+    if method == AUTO:
+        name, lr = auto_method(optimizer), readings["bottom"] / auto_divisor(optimizer)
+    else:
+        name, lr = method, readings[method]
+    low, high = suggested_range(lr, optimizer, marks.blow_lr)
+    return CurveReading(readings, name, lr, low, high, marks.start_loss, marks.min_loss,
                         round(marks.loss_drop, 4), marks.min_lr, marks.edge_lr, marks.blow_lr, marks.onecycle_lr)

@@ -24,9 +24,9 @@ def data_dir(kind: str) -> str:
         from demo_data import ensure_digits_imagefolder
 
         return str(ensure_digits_imagefolder())
-    from photo_patches import ensure_colour_patches, ensure_photo_patches
+    from photo_patches import PATCH_SETS, ensure_patches
 
-    return str(ensure_colour_patches() if kind == "colour" else ensure_photo_patches())
+    return str(ensure_patches(PATCH_SETS[kind]))
 
 
 def epoch_top1(folder: Path) -> list[float]:

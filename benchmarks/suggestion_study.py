@@ -36,7 +36,6 @@ import numpy as np  # noqa: E402
 from study_cases import ALL_CASES, FIT_CASES, QUICK_CASES, TEST_CASES, Case  # noqa: E402
 from study_runs import Runner  # noqa: E402
 
-SMOOTH_F = 0.05  # main.py's default --lr_smooth_f
 COARSE_STEP = 4.0
 FINE_STEP = 2.0
 MAX_EXTENSIONS = 3
@@ -157,7 +156,7 @@ def suggestions_from_history(lrs, losses, optimizer: str) -> dict:
     from suggest import SuggestionError, read_curve
 
     try:
-        c = read_curve(lrs, losses, optimizer, "auto", SMOOTH_F)
+        c = read_curve(lrs, losses, optimizer, "auto")
     except SuggestionError as exc:
         return {"success": False, "error": str(exc)}
     return {"success": True, "suggestions": c.readings, "suggested_lr": c.lr, "suggestion_method": c.method,
@@ -343,10 +342,10 @@ def table(results: list[CaseResult]) -> str:
         if not rs:
             continue
         lines += [f"\n{role} cases", "| case | best rate (top-1) | noise | plateau | loss drop | range "
-                  "| auto | rise | steepest | minimum | lr_verify | lr_verify_budget | Prodigy |", "|---" * 13 + "|"]
+                  "| auto | bottom | rise | steepest | minimum | lr_verify | lr_verify_budget | Prodigy |", "|---" * 14 + "|"]
         for r in rs:
             cells = []
-            for name in ("auto", "rise", "steepest", "minimum", "lr_verify", "lr_verify_budget"):
+            for name in ("auto", "bottom", "rise", "steepest", "minimum", "lr_verify", "lr_verify_budget"):
                 m = r.methods.get(name)
                 cells.append(f"{m['lr']:.3g} {'in' if m['in_plateau'] else 'out'}"
                              f"{' COLLAPSED' if m['collapsed'] else ''}" if m else "-")

@@ -36,11 +36,11 @@ def test_find_lr_writes_plot_log_json_and_history(image_folder, tmp_path):
     assert sweep["stop_reason"] in ("completed", "diverged") and 2 <= sweep["steps_run"] <= 12
     # 24 images at batch 4: 6 batches per epoch, so 12 steps cycle the loader twice.
     assert result["lr_finder_epochs"] == pytest.approx(sweep["steps_run"] / 6, abs=1e-3)
-    # the default (auto) with SGD is the rise reading; the answer is the curve's, unverified
-    assert answer["method"] == curve["method"] == "rise" and result["verification"] is None
-    assert result["suggested_lr"] == answer["lr"] == curve["lr"] == curve["readings"]["rise"]
+    # the default (auto) with SGD is the bottom reading; the answer is the curve's, unverified
+    assert answer["method"] == curve["method"] == "bottom" and result["verification"] is None
+    assert result["suggested_lr"] == answer["lr"] == curve["lr"] == curve["readings"]["bottom"]
     assert answer["low"] < answer["lr"] < answer["high"] and answer["global_batch_size"] == 4
-    assert set(curve["readings"]) == {"rise", "steepest", "valley", "minimum"} and 0 <= curve["loss_drop"] <= 1
+    assert set(curve["readings"]) == {"bottom", "rise", "steepest", "valley", "minimum"} and 0 <= curve["loss_drop"] <= 1
 
     rows = list(csv.DictReader((out / "lr_finder_history.csv").open()))
     assert len(rows) == sweep["steps_run"]
@@ -97,7 +97,7 @@ def test_epoch_sweep_in_linear_mode_with_the_advanced_validation_curve(image_fol
     assert sweep["lr_iter"] == 6 and sweep["steps_run"] == 6  # 12 images / batch 4 = 3 steps, x 2 epochs
     assert result["lr_finder_epochs"] == 2.0 and result["data"]["data_layout"] == "class_folders"
     assert sweep["curve"] == "validation" and set(result["training_curve_readings"]) == {
-        "rise", "steepest", "valley", "minimum"}
+        "bottom", "rise", "steepest", "valley", "minimum"}
     rows = list(csv.DictReader((tmp_path / "lr_finder_history.csv").open()))
     assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss", "val_loss"]
     lrs = [float(r["lr"]) for r in rows]

@@ -166,7 +166,7 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path, capsys):
     assert verification["first_round_steps"] == 2
     assert verification["total_steps"] == sum(t["steps"] for t in trials) and verification["stop_reason"] == "completed"
     if verification["outcome"] == "inconclusive":  # the curve's rate stays, and a warning says why
-        assert answer["method"] == curve["method"] == "rise" and result["suggested_lr"] == curve["lr"]
+        assert answer["method"] == curve["method"] == "bottom" and result["suggested_lr"] == curve["lr"]
         assert verification["chosen_lr"] is None
         assert any("did not beat the curve's rate" in w for w in answer["warnings"])
     else:

@@ -13,6 +13,7 @@ from suggest import (
     auto_method,
     default_skips,
     find_landmarks,
+    median_curve,
     median_half_width,
     onecycle_max_lr,
     read_curve,
@@ -134,6 +135,8 @@ def test_edge_is_where_a_flat_noisy_loss_starts_to_rise():
     assert abs(math.log10(marks.edge_lr / 3e-2)) < 0.25
     assert marks.loss_drop < 0.05
     assert suggest_rise(lrs, loss) == pytest.approx(marks.edge_lr / RISE_DIVISOR)
+    # A fall inside the noise has no lowest point to read: the edge is the only landmark.
+    assert not marks.valley and marks.bottom_lr == pytest.approx(marks.edge_lr / 2)
     assert onecycle_max_lr(lrs, loss) == pytest.approx(marks.edge_lr)
 
 
@@ -161,17 +164,25 @@ def test_edge_of_a_curve_that_falls_then_rises():
     assert 0.1 < math.log10(marks.edge_lr / 3e-2) < 0.35
 
 
-def test_auto_reads_the_edge_with_sgd_and_the_lowest_point_with_adamw():
-    assert auto_method("sgd") == "rise" and auto_method("adamw") == "minimum"
+def test_auto_reads_the_bottom_with_sgd_and_a_third_of_it_with_adamw():
+    assert auto_method("sgd") == "bottom" and auto_method("adamw") == "bottom/3"
 
 
-def test_one_cycle_peaks_where_a_deep_fall_stops_and_at_the_edge_of_a_shallow_one():
+def test_one_cycle_peaks_where_a_fall_stops_and_at_the_edge_of_a_fall_inside_the_noise():
     deep_lrs, deep = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
     marks = find_landmarks(deep_lrs, deep)
-    assert marks.deep and onecycle_max_lr(deep_lrs, deep) == marks.min_lr < marks.edge_lr
+    assert marks.valley and onecycle_max_lr(deep_lrs, deep) == marks.min_lr < marks.edge_lr
     shallow_lrs, shallow = flat_then_blowup(edge=3e-2)
     shallow_marks = find_landmarks(shallow_lrs, shallow)
-    assert not shallow_marks.deep and onecycle_max_lr(shallow_lrs, shallow) == shallow_marks.edge_lr
+    assert not shallow_marks.valley and onecycle_max_lr(shallow_lrs, shallow) == shallow_marks.edge_lr
+
+
+def test_a_shallow_fall_clear_of_the_noise_is_a_valley_with_no_cliff_in_how_far_it_fell():
+    # A loss that falls 5 % with little noise (as a long training's sweep can) has a lowest point to read.
+    for drop in (0.05, 0.149, 0.151, 0.3):
+        lrs, loss = flat_then_blowup(edge=3e-2, drop=drop, noise=0.002)
+        marks = find_landmarks(lrs, loss)
+        assert marks.valley and abs(math.log10(marks.min_lr / 3e-2)) < 0.25
 
 
 def test_no_edge_when_the_sweep_ends_before_the_rise():
@@ -180,19 +191,23 @@ def test_no_edge_when_the_sweep_ends_before_the_rise():
     marks = find_landmarks(lrs, loss)
     assert marks.edge_lr is None
     assert suggest_rise(lrs, loss) == pytest.approx(marks.min_lr / 10)
+    assert marks.bottom_lr == pytest.approx(marks.min_lr / 10)
 
 
-def test_suggest_all_reads_rise_from_the_raw_loss_and_the_rest_from_its_smoothing():
-    lrs, loss = flat_then_blowup()
-    result = suggest_all(lrs, loss, 0.05)
-    assert set(result) == {"rise", "steepest", "valley", "minimum"}
+def test_every_reading_reads_the_running_median_of_the_raw_loss():
+    lrs, loss = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
+    result = suggest_all(lrs, loss)
+    assert set(result) == {"bottom", "rise", "steepest", "valley", "minimum"}
     assert result["rise"] == suggest_rise(lrs, loss)
-    assert result["steepest"] == suggest_steepest(lrs, smooth(loss, 0.05))
+    # 120 points over 7 decades: a median of 5 points (2 on each side), one wild batch ignored.
+    assert median_curve(LRS, [1, 9, 2, 3, 100, 4, 5] * 17 + [1])[:7] == [2.0, 2.5, 3.0, 4.0, 4.0, 4.0, 5.0]
+    assert result["steepest"] != suggest_steepest(lrs, smooth(loss, 0.05))  # the lagging curve reads later
+    assert result["minimum"] == pytest.approx(find_landmarks(lrs, loss).min_lr / 10)
 
 
 def reading(lr=1e-3, loss_drop=0.5, edge_lr=3e-2):
     return CurveReading(
-        readings={"rise": lr}, method="rise", lr=lr, low=lr / 4, high=lr * 8, start_loss=2.3, min_loss=1.15,
+        readings={"bottom": lr}, method="bottom", lr=lr, low=lr / 4, high=lr * 8, start_loss=2.3, min_loss=1.15,
         loss_drop=loss_drop, min_loss_lr=1e-2, edge_lr=edge_lr, blow_lr=None, onecycle_max_lr=1e-2)
 
 
@@ -226,9 +241,9 @@ def test_plot_limits_cut_a_diverging_tail():
 
 def test_the_answer_is_the_reading_auto_picked_for_the_optimizer():
     lrs, loss = flat_then_blowup(edge=3e-2, drop=0.5, noise=0.01)
-    for optimizer, method in (("sgd", "rise"), ("adamw", "minimum")):
+    for optimizer, method, divisor in (("sgd", "bottom", 1), ("adamw", "bottom/3", 3)):
         curve = read_curve(lrs, loss, optimizer)
-        assert curve.method == method and curve.lr == curve.readings[method]
+        assert curve.method == method and curve.lr == pytest.approx(curve.readings["bottom"] / divisor)
     assert read_curve(lrs, loss, "adamw", "valley").method == "valley"  # a choice is kept
 
 
@@ -246,7 +261,7 @@ def test_a_late_dip_before_the_blow_up_is_never_read():
     marks = find_landmarks(LRS, late_dip_curve())
     assert 1e-3 < marks.min_lr < 1.5e-2  # the first valley, not the late dip at 0.2
     assert 1e-2 < marks.edge_lr < 3e-2  # the first sustained rise
-    suggestions = suggest_all(LRS, late_dip_curve(), 0.05)
+    suggestions = suggest_all(LRS, late_dip_curve())
     assert all(lr <= marks.edge_lr for lr in suggestions.values())
     assert suggestions["minimum"] < 2e-3  # a tenth of the first valley; 0.02 if the dip were read
 
@@ -260,9 +275,9 @@ def test_a_flat_noisy_loss_has_no_early_rise_from_its_own_noise():
 
 
 def test_the_range_spans_the_fit_cases_ratios_and_stops_at_the_blow_up():
-    assert suggested_range(0.01, "sgd", None) == pytest.approx((0.0025, 0.08))
-    assert suggested_range(1e-3, "adamw", None) == pytest.approx((1e-3 / 3, 4e-3))
-    assert suggested_range(0.01, "sgd", 0.03) == pytest.approx((0.0025, 0.03))  # never past the blow-up
+    assert suggested_range(0.01, "sgd", None) == pytest.approx((0.005, 0.08))
+    assert suggested_range(1e-3, "adamw", None) == pytest.approx((1e-3 / 3, 2e-3))
+    assert suggested_range(0.01, "sgd", 0.03) == pytest.approx((0.005, 0.03))  # never past the blow-up
     low, high = suggested_range(0.05, "sgd", 0.02)  # an answer above the blow-up keeps a range above it
     assert low < 0.05 <= high
 

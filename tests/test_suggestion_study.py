@@ -119,16 +119,22 @@ def test_verification_records_read_the_same_before_and_after_the_grouped_json():
 
 
 def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
-    fit = {c.name for c in study_cases.FIT_CASES}
+    fit = study_cases.FIT_CASES
     test = study_cases.TEST_CASES
-    assert not fit & {c.name for c in test} and all(c.role == "test" for c in test)
-    assert sum(c.optimizer == "sgd" for c in test) >= 4 and sum(c.optimizer == "adamw" for c in test) >= 3
-    images = {"digits": 1438, "patches": 1500, "colour": 960}
-    for case in study_cases.FIT_CASES + test:
-        steps_per_epoch = min(images[case.data], case.max_samples or 10 ** 9) // case.batch_size
-        assert case.epochs >= 10 and steps_per_epoch * case.epochs >= 300, case.name
-    assert {32, 128} <= {c.batch_size for c in test} and max(c.input_size for c in test) >= 64
-    assert any(c.pretrain for c in test)
+    assert not {c.name for c in fit} & {c.name for c in test} and all(c.role == "test" for c in test)
+    assert all(c.role == "fit" for c in fit) and len(fit) == 15 and len(test) == 6
+    assert not {c.data for c in fit} & {c.data for c in test}  # data no fit case has seen
+    sgd = [c for c in test if c.optimizer == "sgd"]
+    assert len(sgd) >= 4 and sum(c.optimizer == "adamw" for c in test) >= 2
+    assert sum(c.input_size >= 72 for c in sgd) >= 2 and max(c.batch_size for c in sgd) >= 128
+    assert all(c.arch == "resnet50" for c in test)
+    images = {"digits": 1438, "patches": 1500, "colour": 960, "scans": 1200, "scenes": 600}
+    steps = {}
+    for case in fit + test:
+        steps[case.name] = min(images[case.data], case.max_samples or 10 ** 9) // case.batch_size * case.epochs
+        assert case.epochs >= 10 and steps[case.name] >= 300, case.name
+    assert steps["scans-16px-b32-long"] == 1036 and steps["scenes-16px-b32-long"] == 1044
+    assert sum(steps[c.name] >= 10 * c.lr_iter for c in sgd) >= 2
 
 
 def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, capsys):
@@ -138,7 +144,7 @@ def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, cap
     report = json.loads(out.read_text())
     (case,) = report["cases"]
     assert len(case["grid"]) >= 3 and len(case["seeds"]) == 3 and case["noise"] >= 0
-    assert {"auto", "rise", "steepest", "valley", "minimum", "lr_verify"} <= set(case["methods"])
+    assert {"auto", "bottom", "rise", "steepest", "valley", "minimum", "lr_verify"} <= set(case["methods"])
     for method in case["methods"].values():
         assert set(method) == {"lr", "log10_best_over_reading", "top1", "gap", "extrapolated", "in_plateau", "collapsed"}
     assert {"loss_drop", "edge_lr", "suggested_range", "history"} <= set(case["sweep"])
