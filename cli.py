@@ -144,6 +144,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "present, else a held-out slice of train/); the best (lowest loss) replaces the "
                              "suggestion only when its top-1 beats the suggestion's by more than 2 standard errors "
                              "(0: off)")
+    finder.add_argument("--lr_verify_share", type=finite_float, default=0.0, metavar="PCT",
+                        help="verify as --lr_verify does, with N chosen so that all the trials together cost at most "
+                             "PCT %% of the steps of the training --epochs plans (ImageNet, 90 epochs at batch 256: "
+                             "1 is about 4,500 steps); 0: off")
     finder.add_argument("--lr_val_batches", type=int, default=2, help="validation batches per step in --lr_advanced")
 
     optim = parser.add_argument_group("Optimizer (shared by the finder and training)")
@@ -284,6 +288,10 @@ def validate_args(args, parser) -> None:
         parser.error(f"--lr_verify {args.lr_verify}: give 0 (off) or at least 2 steps per trial")
     if args.lr_verify and not args.find_lr:
         parser.error("--lr_verify goes with --find_lr")
+    if not 0 <= args.lr_verify_share <= 100:
+        parser.error(f"--lr_verify_share {args.lr_verify_share:g} must be a percentage in [0, 100] (0: off)")
+    if args.lr_verify_share and (args.lr_verify or not args.find_lr):
+        parser.error("--lr_verify_share goes with --find_lr and instead of --lr_verify N (it chooses N)")
     if args.no_lr_scaling and not args.lr_from:
         parser.error("--no_lr_scaling goes with --lr_from")
     if args.max_samples is not None and args.max_samples < 1:

@@ -20,7 +20,15 @@ from finder_result import Answer, FinderResult, SweepFacts, Trial, Verification,
 from images import to_model_input
 from lr_finder import RangeTest, amp_options
 from lr_plot import plot_sweep
-from lr_verify import candidate_rates, halving_rounds, outcome, verify_rates
+from lr_verify import (
+    candidate_rates,
+    first_round_for_budget,
+    halving_rounds,
+    most_candidates,
+    outcome,
+    steps_per_first_round_step,
+    verify_rates,
+)
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
 from recipes import recipe_lr
@@ -103,11 +111,12 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
 
     # val/ is read only when used: advanced mode, and --lr_verify when there is one (else it holds
     # out part of train/).
-    verify_on_val = args.lr_verify > 0 and (args.dataset == "cifar100" or Path(args.data_dir, "val").is_dir())
+    verifying = args.lr_verify > 0 or args.lr_verify_share > 0
+    verify_on_val = verifying and (args.dataset == "cifar100" or Path(args.data_dir, "val").is_dir())
     train_ds, val_ds = build_datasets(args.dataset, args.data_dir, args.input_size, args.max_samples,
                                       args.seed, need_val=args.lr_advanced or verify_on_val,
                                       val_labels=args.val_labels, rescan=args.rescan)
-    if args.lr_verify and train_ds.layout["data_layout"] == "wds_shards":
+    if verifying and train_ds.layout["data_layout"] == "wds_shards":
         raise UserInputError("--lr_verify picks held-out images by index, which shards do not offer; run it on a "
                              "class-folder tree (prepare_imagenet.py without --format wds) or drop --lr_verify")
     sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size, advance_each_pass=True)
@@ -117,6 +126,9 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         val_sampler = EpochSampler(len(val_ds), args.seed, False, dist.rank, dist.world_size)
         val_loader = build_loader(val_ds, args.batch_size, False, 0, device, args.seed, val_sampler)
     num_iter = len(train_loader) * args.epochs if args.lr_iter == "epoch" else args.lr_iter
+    planned_steps = len(train_loader) * args.epochs  # the training --epochs plans, in optimizer steps
+    if args.lr_verify_share:
+        check_verify_share(args, most_candidates(args.optimizer), len(train_loader))
     num_classes = len(train_ds.classes)
     global_batch = args.batch_size * dist.world_size
 
@@ -145,9 +157,10 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         facts = sweep_facts(args, dist, sweep, num_iter, time.perf_counter() - started)
         # Advanced mode reads the validation loss measured after every step.
         curve, error = read_sweep(sweep.val_losses if args.lr_advanced else sweep.raw_losses, sweep.lrs, args)
-        if args.lr_verify and curve is not None and sweep.stop_reason != "interrupted":
+        if verifying and curve is not None and sweep.stop_reason != "interrupted":
+            speed = facts.steps_run / facts.elapsed_s if facts.elapsed_s else None
             verification = verify_suggestion(args, dist, curve, model, optimizer, criterion, train_ds, val_ds,
-                                             precision, channels_last, stop)
+                                             precision, channels_last, stop, planned_steps, speed)
     if dist.is_main:
         result = build_result(args, dist, paths, train_ds, len(train_loader), sweep, facts, curve, error,
                               verification, precision)
@@ -169,8 +182,22 @@ def read_sweep(losses, lrs, args):
         return None, f"no suggestion: {exc}"
 
 
+def check_verify_share(args, candidates: int, steps_per_epoch: int) -> None:
+    """Before the sweep: --lr_verify_share must buy at least 2 steps a trial for the most rates the
+    range can hold (a one-line error otherwise, with what to change)."""
+    planned = steps_per_epoch * args.epochs
+    budget = planned * args.lr_verify_share / 100
+    if not first_round_for_budget(candidates, budget):
+        need = 2 * steps_per_first_round_step(candidates)
+        raise UserInputError(
+            f"--lr_verify_share {args.lr_verify_share:g}: {args.lr_verify_share:g} % of the training --epochs plans "
+            f"({args.epochs} epochs x {steps_per_epoch} steps = {planned} steps) is {budget:.0f} steps, fewer than "
+            f"the {need} that {candidates} rates need; give a larger share, the --epochs you will train, or --lr_verify N")
+
+
 def verify_suggestion(args, dist: Distributed, curve, model, optimizer, criterion, train_ds, val_ds,
-                      precision: str, channels_last: bool, stop) -> Verification:
+                      precision: str, channels_last: bool, stop, planned_steps: int,
+                      steps_per_s: float | None) -> Verification:
     """``--lr_verify``: short complete trainings around the curve's answer; their best becomes the
     answer when the trials confirm it or clearly beat it (``lr_verify.judge``)."""
     device = dist.device
@@ -192,18 +219,24 @@ def verify_suggestion(args, dist: Distributed, curve, model, optimizer, criterio
             yield from loader
 
     center, low, high = curve.lr, curve.low, curve.high
+    candidates = len(candidate_rates(center, low, high))
+    steps = args.lr_verify or first_round_for_budget(candidates, planned_steps * args.lr_verify_share / 100)
     if dist.is_main:
-        plan = halving_rounds(len(candidate_rates(center, low, high)), args.lr_verify)
+        plan = halving_rounds(candidates, steps)
+        total = sum(n * k for n, k in plan)
+        cost = f"; about {total / steps_per_s / 60:.1f} min at the sweep's speed" if steps_per_s else ""
         print(f"Verifying: {' then '.join(f'{n} rates x {k} steps' for n, k in plan)} across {low:.2e} to "
-              f"{high:.2e}, scored on {len(heldout_ds)} held-out images from {source}", flush=True)
+              f"{high:.2e}, scored on {len(heldout_ds)} held-out images from {source}: {total} steps, "
+              f"{total / planned_steps:.2%} of the {planned_steps} steps --epochs plans{cost}", flush=True)
     started = time.perf_counter()
-    rounds, reason = verify_rates(model, optimizer, criterion, batches, heldout, center, args.lr_verify,
+    rounds, reason = verify_rates(model, optimizer, criterion, batches, heldout, center, steps,
                                   device, low, high, AMP_DTYPES[precision], channels_last, dist, stop)
     chosen, verdict = outcome(rounds, center, len(heldout_ds))
     trials = tuple(Trial(number, t.lr, t.loss, round(t.top1, 2), t.steps)
                    for number, trials in enumerate(rounds, 1) for t in trials)
-    return Verification(args.lr_verify, sum(t.steps for t in trials), source, len(heldout_ds), reason, verdict,
-                        round(time.perf_counter() - started, 2), trials, chosen.lr if chosen is not None else None)
+    return Verification(steps, sum(t.steps for t in trials), source, len(heldout_ds), reason, verdict,
+                        round(time.perf_counter() - started, 2), trials, chosen.lr if chosen is not None else None,
+                        planned_steps, args.lr_verify_share or None)
 
 
 def sweep_facts(args, dist: Distributed, sweep, num_iter: int, elapsed: float) -> SweepFacts:

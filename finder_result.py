@@ -80,6 +80,8 @@ class Verification:
     elapsed_s: float
     trials: tuple[Trial, ...] = ()
     chosen_lr: float | None = None
+    planned_steps: int | None = None  # the training --epochs plans, in steps: the trials' cost is a share of it
+    budget_share: float | None = None  # --lr_verify_share's percentage, when N was chosen from it
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,8 @@ def answer_warnings(lr: float, curve: CurveReading, verification: Verification |
         warnings.append(f"the rate {lr:.2e} is very high (over {VERY_HIGH_LR:g}): training may diverge; start "
                         "at a tenth of it and watch the first epoch")
     if curve.edge_lr is None:
-        warnings.append("the loss never turned up, so the answer reads a tenth of the lowest point's rate; "
+        warnings.append("the loss never turned up, so its lowest point is only where the sweep ended and the answer "
+                        "starts from a tenth of that rate; "
                         "raise --lr_end to see where training becomes unstable")
     if curve.loss_drop < SHALLOW_FALL:
         warnings.append(f"the loss fell only {curve.loss_drop:.0%}: the sweep barely learned, so the curve shows "

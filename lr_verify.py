@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from runtime import Distributed, cpu_copy, unwrap
+from suggest import RANGE_FACTORS
 from train import evaluate, train_step
 from train_setup import lr_multiplier
 
@@ -58,6 +59,24 @@ def halving_rounds(candidates: int, steps: int) -> list[tuple[int, int]]:
     while rounds[-1][0] > 2:
         rounds.append((math.ceil(rounds[-1][0] / 2), rounds[-1][1] * 2))
     return rounds
+
+
+def steps_per_first_round_step(candidates: int) -> int:
+    """Steps all the rounds take for each step of the first round (5 rates: 5 + 3 x 2 + 2 x 4 = 19)."""
+    return sum(trials * steps for trials, steps in halving_rounds(candidates, 1))
+
+
+def first_round_for_budget(candidates: int, budget_steps: float) -> int:
+    """The largest first-round N whose rounds over ``candidates`` rates cost at most ``budget_steps``
+    in all; 0 when that is under 2 steps a trial."""
+    n = math.floor(budget_steps / steps_per_first_round_step(candidates) + 1e-9)
+    return n if n >= 2 else 0
+
+
+def most_candidates(optimizer: str) -> int:
+    """The most rates a verification can try: x2 apart across the widest range the rule gives."""
+    below, above = RANGE_FACTORS["adamw" if optimizer == "adamw" else "sgd"]
+    return len(candidate_rates(1.0, 1 / below, above))
 
 
 def trial_schedule(step: int, steps: int) -> float:

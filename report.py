@@ -166,9 +166,12 @@ def results_text(result: FinderResult) -> str:
 
 def verification_text(result: FinderResult) -> list[str]:
     v = result.verification
-    lines = [f"--lr_verify: {len(v.trials)} short trainings, {v.total_steps} steps in all ({seconds(v.elapsed_s)}); "
-             f"the first round {v.first_round_steps} steps each, doubled each round for the better half; scored on "
-             f"{v.heldout_images} held-out images from {v.heldout_source}; {v.outcome}"]
+    share = (f", {v.total_steps / v.planned_steps:.2%} of the {v.planned_steps} steps --epochs plans"
+             if v.planned_steps else "")
+    asked = f" (--lr_verify_share {v.budget_share:g})" if v.budget_share else ""
+    lines = [f"--lr_verify{asked}: {len(v.trials)} short trainings, {v.total_steps} steps in all{share} "
+             f"({seconds(v.elapsed_s)}); the first round {v.first_round_steps} steps each, doubled each round for "
+             f"the better half; scored on {v.heldout_images} held-out images from {v.heldout_source}; {v.outcome}"]
     for t in v.trials:
         loss = f"{t.loss:.4f}" if t.loss is not None else "diverged"
         lines.append(f"  round {t.round}, lr {t.lr:.2e}, {t.steps} steps: held-out loss {loss}, top-1 {t.top1:.1f}%")

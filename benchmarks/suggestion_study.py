@@ -109,10 +109,9 @@ def next_grid_rate(grid: dict[float, float]) -> float | None:
 def budget_steps(candidates: int, sweep_steps: int, budget: float = VERIFY_BUDGET) -> int:
     """The largest first-round N whose successive halving over ``candidates`` rates costs at most
     ``budget`` times the sweep's steps (at least 1)."""
-    from lr_verify import halving_rounds
+    from lr_verify import steps_per_first_round_step
 
-    per_n = sum(trials * steps for trials, steps in halving_rounds(candidates, 1))
-    return max(1, math.floor(budget * sweep_steps / per_n))
+    return max(1, math.floor(budget * sweep_steps / steps_per_first_round_step(candidates)))
 
 
 def log_ratio_stats(values: list[float]) -> dict:

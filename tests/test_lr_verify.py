@@ -14,9 +14,12 @@ from lr_verify import (
     better_half,
     candidate_rates,
     clearly_better,
+    first_round_for_budget,
     halving_rounds,
     judge,
+    most_candidates,
     outcome,
+    steps_per_first_round_step,
     trial_schedule,
     verify_rates,
 )
@@ -184,3 +187,38 @@ def test_cli_verification_without_val_holds_out_part_of_train(tmp_path, capsys):
     import cv2
 
     assert cv2.imread(str(tmp_path / "out" / "p.png")).shape[1] == 1800  # the second panel widens the plot
+
+
+def test_a_budget_buys_the_largest_first_round_that_fits():
+    assert steps_per_first_round_step(5) == 19  # 5 x 1 + 3 x 2 + 2 x 4
+    assert steps_per_first_round_step(3) == 7  # 3 x 1 + 2 x 2
+    assert first_round_for_budget(5, 760) == 40 and first_round_for_budget(5, 759) == 39
+    assert first_round_for_budget(5, 38) == 2 and first_round_for_budget(5, 37) == 0  # under 2 steps: none
+    assert first_round_for_budget(3, 100) == 14
+    assert (most_candidates("sgd"), most_candidates("adamw")) == (5, 3)  # x1/2 to x8, x1/3 to x2
+
+
+def test_a_share_too_small_for_two_steps_a_trial_is_refused_before_the_sweep(tmp_path):
+    data = make_image_folder(tmp_path / "data")  # 24 training images: 6 steps an epoch at batch 4
+    code, out, err = run_main("--find_lr", "--data_dir", data, *FAST, "--lr_iter", "12", "--epochs", "10",
+                              "--lr_verify_share", "50", "--lr_plot", tmp_path / "out" / "p.png")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("--lr_verify_share 50: 50 % of the training --epochs plans (10 epochs x 6 steps = 60 steps) is 30 "
+            "steps, fewer than the 38 that 5 rates need") in err
+    assert "Range test:" not in out and not (tmp_path / "out" / "suggested_lr.json").exists()
+
+
+def test_a_share_of_the_planned_training_chooses_n_and_the_log_states_the_cost(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    code, out, err = run_main("--find_lr", "--data_dir", data, *FAST, "--lr_iter", "12", "--lr_start", "1e-3",
+                              "--epochs", "100", "--lr_verify_share", "10", "--lr_plot", tmp_path / "out" / "p.png")
+    assert code == 0, err
+    verification = json.loads((tmp_path / "out" / "suggested_lr.json").read_text())["verification"]
+    assert (verification["planned_steps"], verification["budget_share"]) == (600, 10.0)  # 100 epochs x 6 steps
+    rates = len([t for t in verification["trials"] if t["round"] == 1])
+    # 10 % of 600 is 60 steps: the largest N with N x (steps of all rounds per first-round step) <= 60
+    assert verification["first_round_steps"] == {5: 3, 4: 7, 3: 8, 2: 30}[rates]
+    assert verification["total_steps"] <= 60
+    share = f"{verification['total_steps'] / 600:.2%} of the 600 steps --epochs plans"
+    assert share in out and share in (tmp_path / "out" / "lr_finder_log.txt").read_text()
+    assert "--lr_verify (--lr_verify_share 10):" in (tmp_path / "out" / "lr_finder_log.txt").read_text()

@@ -59,6 +59,7 @@ def check(script: str, flag: str, value: str) -> bool:
 
 def test_the_numeric_flags_are_found_in_both_parsers():
     expected = {"--lr_start", "--lr_end", "--lr_iter", "--lr_smooth_f", "--lr_diverge_th", "--lr_verify",
+                "--lr_verify_share",
                 "--lr_val_batches", "--momentum", "--weight_decay", "--batch_size", "--epochs", "--lr", "--gamma",
                 "--step_size", "--warmup_epochs", "--checkpoint_every", "--input_size", "--max_samples",
                 "--num_workers", "--seed", "--label_smoothing", "--norm_weight_decay", "--bias_weight_decay",

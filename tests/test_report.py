@@ -45,7 +45,7 @@ def test_a_warning_gets_a_line_only_when_there_is_one_and_a_failure_is_one_error
     shallow = CurveReading(**{**CURVE.__dict__, "loss_drop": 0.05, "edge_lr": None})
     warnings = answer_warnings(0.033, shallow, None)
     assert len(warnings) == 2
-    assert warnings[0].startswith("the loss never turned up, so the answer is a tenth of the lowest point's rate")
+    assert warnings[0].startswith("the loss never turned up, so its lowest point is only where the sweep ended")
     assert warnings[1].startswith("the loss fell only 5%: the sweep barely learned")
     warned = result(answer=Answer(0.033, "rise", 0.00825, 0.264, "sgd", 64, warnings=warnings), curve=shallow)
     lines = console_lines(warned, "out")
