@@ -258,7 +258,8 @@ def same_range(recorded, recomputed) -> bool:
 
 
 def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, steps: int) -> None:
-    """``--lr_verify steps`` placed on the curve, with its cost in steps and in sweeps; left out,
+    """``--lr_verify steps`` placed on the curve, with its cost in steps, in sweeps and as a share of
+    the case's training (its batches per epoch, from the run's JSON, times its epochs); left out,
     with a line, when it did not verify or when its record comes from another rule."""
     verified, record = runner.verify(case, steps)
     verified = verified_answer(verified)
@@ -273,9 +274,16 @@ def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, st
         return
     result.methods[method] = place(verified["suggested_lr"], result.grid, result.noise)
     total = verified.get("verify_total_steps") or 0
+    per_epoch = ((record.get("answer") or {}).get("data") or {}).get("batches_per_epoch")
     result.cost[method] = {"first_round_steps": steps, "steps": total,
                            "sweeps": round(total / result.cost["sweep_steps"], 2),
+                           "training_share": training_share(total, per_epoch, case.epochs),
                            "outcome": verified.get("verify_outcome"), "seconds": record["seconds"]}
+
+
+def training_share(steps: int, batches_per_epoch: int | None, epochs: int) -> float | None:
+    """``steps`` as a fraction of a training of ``epochs`` (None when the run did not record its batches)."""
+    return round(steps / (batches_per_epoch * epochs), 4) if batches_per_epoch else None
 
 
 # ------------------------------------------------------------------- output
@@ -311,9 +319,13 @@ def gap_stats(rows: list[tuple[float, float]]) -> dict:
 
 
 def mean_cost(results: list[CaseResult], method: str) -> dict:
-    """A verification's mean extra cost in sweeps (empty for a reading of the curve, which costs none)."""
+    """A verification's mean extra cost in sweeps and as a share of the training (empty for a reading
+    of the curve, which costs none)."""
     costs = [r.cost[method]["sweeps"] for r in results if method in r.cost]
-    return {"sweeps": round(sum(costs) / len(costs), 2)} if costs else {}
+    shares = [r.cost[method].get("training_share") for r in results if method in r.cost]
+    shares = [s for s in shares if s is not None]
+    return ({"sweeps": round(sum(costs) / len(costs), 2)} if costs else {}) | (
+        {"training_share": round(sum(shares) / len(shares), 4)} if shares else {})
 
 
 def summary_markdown(report: dict) -> str:
@@ -325,11 +337,11 @@ def summary_markdown(report: dict) -> str:
             continue
         lines += [f"\n{role} cases ({part['cases']}): log10(best / reading), over the cases",
                   "| method | n | mean | sd | worst | in plateau | top-1 lost (median) | lost within the noise "
-                  "| collapsed | extra cost (sweeps) |", "|---" * 10 + "|"]
+                  "| collapsed | extra cost (sweeps) | extra cost (share of the training) |", "|---" * 11 + "|"]
         for name, m in part["methods"].items():
             lines.append(f"| {name} | {m['n']} | {m['mean']:+.2f} | {m['sd']:.2f} | {m['worst']:+.2f} | "
                          f"{m['in_plateau']} of {m['n']} | {m['median_gap']:.1f} | {m['within_noise']} of {m['n']} | "
-                         f"{m['collapsed']} | {m.get('sweeps', 0):.2f} |")
+                         f"{m['collapsed']} | {m.get('sweeps', 0):.2f} | {m.get('training_share', 0):.1%} |")
         lines += [f"\nsuggested_range covers the best rate on {part['range_covers_best']} of {part['cases']}"]
     return "\n".join(lines)
 

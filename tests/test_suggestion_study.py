@@ -95,12 +95,14 @@ def test_summary_tables_in_markdown():
         "methods": {"auto": {"n": 2, "mean": -0.67, "sd": 0.18, "worst": -0.85, "in_plateau": 1, "collapsed": 0,
                              **study.gap_stats([(3.1, 0.6), (5.1, 5.0)])},
                     "lr_verify": {"n": 2, "mean": -0.5, "sd": 0.1, "worst": -0.6, "in_plateau": 0, "collapsed": 0,
-                                  "median_gap": 0.4, "within_noise": 2, "sweeps": 0.83}}}}
+                                  "median_gap": 0.4, "within_noise": 2, "sweeps": 0.83,
+                                  "training_share": 0.2667}}}}
     text = study.summary_markdown(report)
     assert study.gap_stats([(3.1, 0.6), (5.1, 5.0)]) == {"median_gap": 4.1, "within_noise": 0}
     assert study.gap_stats([(0.2, 0.8), (4.0, 5.0), (9.0, 1.0)]) == {"median_gap": 4.0, "within_noise": 2}
-    assert "| auto | 2 | -0.67 | 0.18 | -0.85 | 1 of 2 | 4.1 | 0 of 2 | 0 | 0.00 |" in text
-    assert "| lr_verify | 2 | -0.50 | 0.10 | -0.60 | 0 of 2 | 0.4 | 2 of 2 | 0 | 0.83 |" in text
+    assert "| auto | 2 | -0.67 | 0.18 | -0.85 | 1 of 2 | 4.1 | 0 of 2 | 0 | 0.00 | 0.0% |" in text
+    assert "| lr_verify | 2 | -0.50 | 0.10 | -0.60 | 0 of 2 | 0.4 | 2 of 2 | 0 | 0.83 | 26.7% |" in text
+    assert study.training_share(80, 18, 17) == 0.2614 and study.training_share(80, None, 17) is None
     assert "covers the best rate on 1 of 2" in text and "fit cases" not in text
 
 
