@@ -127,8 +127,9 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         val_loader = build_loader(val_ds, args.batch_size, False, 0, device, args.seed, val_sampler)
     num_iter = len(train_loader) * args.epochs if args.lr_iter == "epoch" else args.lr_iter
     planned_steps = len(train_loader) * args.epochs  # the training --epochs plans, in optimizer steps
+    verify_budget = planned_steps * args.lr_verify_share / 100  # steps --lr_verify_share buys (0: off)
     if args.lr_verify_share:
-        check_verify_share(args, most_candidates(args.optimizer), len(train_loader))
+        check_verify_share(args, most_candidates(args.optimizer), len(train_loader), verify_budget)
     num_classes = len(train_ds.classes)
     global_batch = args.batch_size * dist.world_size
 
@@ -160,7 +161,7 @@ def run_find_lr(args, dist: Distributed) -> tuple[int, float | None]:
         if verifying and curve is not None and sweep.stop_reason != "interrupted":
             speed = facts.steps_run / facts.elapsed_s if facts.elapsed_s else None
             verification = verify_suggestion(args, dist, curve, model, optimizer, criterion, train_ds, val_ds,
-                                             precision, channels_last, stop, planned_steps, speed)
+                                             precision, channels_last, stop, planned_steps, verify_budget, speed)
     if dist.is_main:
         result = build_result(args, dist, paths, train_ds, len(train_loader), sweep, facts, curve, error,
                               verification, precision)
@@ -182,11 +183,10 @@ def read_sweep(losses, lrs, args):
         return None, f"no suggestion: {exc}"
 
 
-def check_verify_share(args, candidates: int, steps_per_epoch: int) -> None:
-    """Before the sweep: --lr_verify_share must buy at least 2 steps a trial for the most rates the
-    range can hold (a one-line error otherwise, with what to change)."""
+def check_verify_share(args, candidates: int, steps_per_epoch: int, budget: float) -> None:
+    """Before the sweep: --lr_verify_share's ``budget`` must buy at least 2 steps a trial for the most
+    rates the range can hold (a one-line error otherwise, with what to change)."""
     planned = steps_per_epoch * args.epochs
-    budget = planned * args.lr_verify_share / 100
     if not first_round_for_budget(candidates, budget):
         need = 2 * steps_per_first_round_step(candidates)
         raise UserInputError(
@@ -196,7 +196,7 @@ def check_verify_share(args, candidates: int, steps_per_epoch: int) -> None:
 
 
 def verify_suggestion(args, dist: Distributed, curve, model, optimizer, criterion, train_ds, val_ds,
-                      precision: str, channels_last: bool, stop, planned_steps: int,
+                      precision: str, channels_last: bool, stop, planned_steps: int, budget: float,
                       steps_per_s: float | None) -> Verification:
     """``--lr_verify``: short complete trainings around the curve's answer; their best becomes the
     answer when the trials confirm it or clearly beat it (``lr_verify.judge``)."""
@@ -220,7 +220,7 @@ def verify_suggestion(args, dist: Distributed, curve, model, optimizer, criterio
 
     center, low, high = curve.lr, curve.low, curve.high
     candidates = len(candidate_rates(center, low, high))
-    steps = args.lr_verify or first_round_for_budget(candidates, planned_steps * args.lr_verify_share / 100)
+    steps = args.lr_verify or first_round_for_budget(candidates, budget)
     if dist.is_main:
         plan = halving_rounds(candidates, steps)
         total = sum(n * k for n, k in plan)

@@ -6,6 +6,8 @@ import pytest
 from finder_result import Trial, Verification, answer_warnings
 from lr_plot import loss_ylim
 from suggest import (
+    AUTO,
+    METHODS,
     RISE_DIVISOR,
     CurveReading,
     Landmarks,
@@ -282,3 +284,10 @@ def test_the_range_spans_the_fit_cases_ratios_and_stops_at_the_blow_up():
     assert low < 0.05 <= high
 
 
+
+
+def test_the_cli_offers_exactly_the_readings_suggest_makes():
+    from cli import get_args_parser
+
+    action = next(a for a in get_args_parser()._actions if a.dest == "lr_suggest")
+    assert tuple(action.choices) == (AUTO, *METHODS) == ("auto", "bottom", "rise", "steepest", "valley", "minimum")
