@@ -17,8 +17,7 @@ right 30 %, so validation measures how well a model recognises regions it never 
 has a random size, position, brightness and contrast, so neither grey level nor scale gives the
 class away.
 
-    root = ensure_photo_patches()     # LR_FINDER_CACHE/photo-patches-v1/{train,val}/<photo>/*.png
-    root = ensure_colour_patches()    # LR_FINDER_CACHE/colour-patches-v1/...
+    root = ensure_patches(GREY)       # LR_FINDER_CACHE/photo-patches-v1/{train,val}/<photo>/*.png
     root = ensure_patches(SCANS)      # LR_FINDER_CACHE/scan-patches-v1/...
 """
 
@@ -146,13 +145,5 @@ def ensure_patches(spec: PatchSet, cache_root: Path | None = None) -> Path:
     return ensure_cached_folder(spec.version, partial(write_patches, spec=spec), cache_root)
 
 
-def ensure_photo_patches(cache_root: Path | None = None) -> Path:
-    return ensure_patches(GREY, cache_root)
-
-
-def ensure_colour_patches(cache_root: Path | None = None) -> Path:
-    return ensure_patches(COLOUR, cache_root)
-
-
 if __name__ == "__main__":
-    print(ensure_photo_patches(), ensure_colour_patches())
+    print(*(ensure_patches(spec) for spec in PATCH_SETS.values()))
