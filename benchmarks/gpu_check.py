@@ -213,7 +213,10 @@ def step_tests(ctx, rec: dict) -> None:
     """~25 s: pytest's start, CUDA's, four small tests (ResNet-50 at 32 px). On --device cuda the
     cuda-marked tests; on --device cpu their CPU twins. Every one must pass: a skip is a failure."""
     marker = "cuda" if ctx.device == "cuda" else "not cuda"
-    child = run_child(ctx, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, "tests/test_cuda.py"],
+    # -o addopts=: the project's own pytest options (pytest-xdist's workers) are not needed for four
+    # tests, and the GPU image, given only gpu_wheels.sh's wheels, need not have pytest-xdist
+    child = run_child(ctx, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", marker,
+                            "tests/test_cuda.py"],
                       ok_codes=(0, 1, 2, 5))
     lines = [line for line in child.output.strip().splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
     rec["summary"] = summary = lines[-1].strip("= ") if lines else ""

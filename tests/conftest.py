@@ -16,6 +16,10 @@ sys.path.insert(0, str(REPO))
 
 # Small, bounded and quiet: 2 cores are shared by the test run and any data workers.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Under pytest-xdist every worker is one more process on the same cores: one thread each (set before
+# torch is imported, and inherited by the CLIs the tests start), or the workers fight over the cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class=8, val_per_class=3, size=40,
