@@ -4,7 +4,8 @@ For each case (benchmarks/study_cases.py: FIT_CASES chose the rule, TEST_CASES j
 reported apart): one range test, then trainings from the same initial weights at a grid of rates
 (x4 apart, extended until the best rate is inside, then refined to x2 on both sides of the best),
 the best rate again with two other seeds (the noise), optionally the best and its neighbours at
-twice the epochs (does the horizon move the answer?), and ``--lr_verify``. Every method, the
+twice the epochs (does the horizon move the answer?), and ``--lr_verify`` (10-step first rounds,
+2.5 sweeps, and ``--lr_verify_share 5``: 5 % of the case's own training). Every method, the
 suggested range and the verified answer are then placed on that curve.
 
 The plateau is the grid rates whose top-1 is within the seed noise of the best; a rate lands in it
@@ -43,6 +44,7 @@ MAX_UNSTABLE = 3  # best rates given up because a seed collapsed there, at most
 NOISE_SEEDS = (1, 2)
 COLLAPSE_SHARE = 0.5  # a top-1 under half the best is a collapsed training
 VERIFY_BUDGET = 2.5  # the second --lr_verify run may cost this many sweeps (the default's bar)
+VERIFY_SHARE = 5.0  # the third: --lr_verify_share, this % of the case's own training (the most a user would spend)
 
 
 # ------------------------------------------------------------------- the measures (pure)
@@ -170,6 +172,7 @@ def verified_answer(answer: dict) -> dict:
         v, a = answer.get("verification") or {}, answer.get("answer") or {}
         return {"verification": v.get("trials"), "suggested_range": [a.get("low"), a.get("high")] if a else None,
                 "suggested_lr": answer.get("suggested_lr"), "verify_total_steps": v.get("total_steps"),
+                "verify_first_round_steps": v.get("first_round_steps"),
                 "verify_outcome": v.get("outcome"), "error": answer.get("error")}
     return answer
 
@@ -247,6 +250,8 @@ def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
             elif "lr_verify" in result.methods:  # the same run answers both questions
                 result.methods["lr_verify_budget"] = result.methods["lr_verify"]
                 result.cost["lr_verify_budget"] = result.cost["lr_verify"]
+        if not runner.quick:
+            place_verify(case, runner, result, "lr_verify_share", share=VERIFY_SHARE)
     return result
 
 
@@ -257,25 +262,27 @@ def same_range(recorded, recomputed) -> bool:
                                                  for a, b in zip(recorded, recomputed, strict=True))
 
 
-def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, steps: int) -> None:
-    """``--lr_verify steps`` placed on the curve, with its cost in steps, in sweeps and as a share of
-    the case's training (its batches per epoch, from the run's JSON, times its epochs); left out,
-    with a line, when it did not verify or when its record comes from another rule."""
-    verified, record = runner.verify(case, steps)
+def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, steps: int | None = None,
+                 share: float | None = None) -> None:
+    """``--lr_verify steps`` (or ``--lr_verify_share share``) placed on the curve, with its cost in
+    steps, in sweeps and as a share of the case's training (its batches per epoch, from the run's
+    JSON, times its epochs); left out, with a line, when it did not verify (main.py refuses a share
+    that buys under 2 steps a trial) or when its record comes from another rule."""
+    verified, record = runner.verify(case, steps, share)
     verified = verified_answer(verified)
     if not verified.get("verification"):
-        print(f"[{case.name}] {method}: the run verified nothing ({verified.get('error', 'no trials')})")
+        print(f"[{case.name}] {method}: the run verified nothing ({verified.get('error') or 'no trials'})")
         return
     history = record.get("history") or {}
     current = suggestions_from_history(history.get("lr", []), history.get("loss", []), case.optimizer)
     if not same_range(verified.get("suggested_range"), current.get("suggested_range")):
-        print(f"[{case.name}] {method}: its record was made by another rule; delete "
-              f"{case.name}/verify-{steps}.json to run it again")
+        run = f"verify-{steps}" if share is None else f"verify-share{share:g}"
+        print(f"[{case.name}] {method}: its record was made by another rule; delete {case.name}/{run}.json to run it again")
         return
     result.methods[method] = place(verified["suggested_lr"], result.grid, result.noise)
     total = verified.get("verify_total_steps") or 0
     per_epoch = ((record.get("answer") or {}).get("data") or {}).get("batches_per_epoch")
-    result.cost[method] = {"first_round_steps": steps, "steps": total,
+    result.cost[method] = {"first_round_steps": steps or verified.get("verify_first_round_steps"), "steps": total,
                            "sweeps": round(total / result.cost["sweep_steps"], 2),
                            "training_share": training_share(total, per_epoch, case.epochs),
                            "outcome": verified.get("verify_outcome"), "seconds": record["seconds"]}
@@ -353,10 +360,12 @@ def table(results: list[CaseResult]) -> str:
         if not rs:
             continue
         lines += [f"\n{role} cases", "| case | best rate (top-1) | noise | plateau | loss drop | range "
-                  "| auto | bottom | rise | steepest | minimum | lr_verify | lr_verify_budget | Prodigy |", "|---" * 14 + "|"]
+                  "| auto | bottom | rise | steepest | minimum | lr_verify | lr_verify_budget | lr_verify_share | Prodigy |",
+                  "|---" * 15 + "|"]
         for r in rs:
             cells = []
-            for name in ("auto", "bottom", "rise", "steepest", "minimum", "lr_verify", "lr_verify_budget"):
+            for name in ("auto", "bottom", "rise", "steepest", "minimum", "lr_verify", "lr_verify_budget",
+                         "lr_verify_share"):
                 m = r.methods.get(name)
                 cells.append(f"{m['lr']:.3g} {'in' if m['in_plateau'] else 'out'}"
                              f"{' COLLAPSED' if m['collapsed'] else ''}" if m else "-")
@@ -389,7 +398,8 @@ def plot(results: list[CaseResult], path: Path) -> None:
             ax.axvspan(r.range["low"], r.range["high"], ymin=0, ymax=0.06, color="tab:blue", alpha=0.6,
                        label="suggested range")
         for name, colour, style, width in (("auto", "tab:red", "-", 2.4), ("lr_verify", "tab:purple", "--", 1.3),
-                                           ("lr_verify_budget", "tab:orange", ":", 1.8)):
+                                           ("lr_verify_budget", "tab:orange", ":", 1.8),
+                                           ("lr_verify_share", "tab:brown", "-.", 1.5)):
             if name in r.methods:
                 ax.axvline(r.methods[name]["lr"], color=colour, ls=style, lw=width,
                            label=f"{name} {r.methods[name]['lr']:.2g}")

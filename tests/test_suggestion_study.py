@@ -113,11 +113,31 @@ def test_verification_records_read_the_same_before_and_after_the_grouped_json():
             "verify_total_steps": 30, "verify_outcome": "replaced"}
     grouped = {"success": True, "suggested_lr": 0.02, "schema_version": 2, "error": None,
                "answer": {"lr": 0.02, "low": 0.005, "high": 0.08},
-               "verification": {"trials": trials, "total_steps": 30, "outcome": "replaced"}}
+               "verification": {"trials": trials, "total_steps": 30, "first_round_steps": 10, "outcome": "replaced"}}
     read = study.verified_answer(grouped)
-    assert {k: read[k] for k in ("verification", "suggested_range", "suggested_lr", "verify_total_steps",
-                                 "verify_outcome")} == {k: flat[k] for k in read if k != "error"}
+    keys = ("verification", "suggested_range", "suggested_lr", "verify_total_steps", "verify_outcome")
+    assert {k: read[k] for k in keys} == {k: flat[k] for k in keys}
+    assert read["verify_first_round_steps"] == 10 and read["error"] is None
     assert study.verified_answer(flat) is flat
+
+
+def test_a_share_verification_runs_main_with_the_cases_epochs_and_a_refused_share_is_left_out(tmp_path, capsys):
+    from study_runs import Runner
+
+    case = study_cases.Case("fake", "test", "scans", 24, 64, 17, optimizer="adamw", lr_end=1.0, verify_steps=10)
+    argv = ["--find_lr", "--data_dir", "<data:scans>", "--dataset", "imagenet1k", "--input_size", "24",
+            "--batch_size", "64", "--num_workers", "2", "--optimizer", "adamw", "--lr_start", "1e-05", "--lr_end",
+            "1.0", "--lr_iter", "100", "--seed", "0", "--lr_verify_share", "5", "--epochs", "17"]
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "verify-share5.json").write_text(json.dumps({"argv": argv, "exit_code": 2, "seconds": 4.0}))
+    runner = Runner(tmp_path, tmp_path / "work", dry=True)  # dry: a command line other than argv would raise
+    answer, record = runner.verify(case, share=5.0)
+    assert answer == {"error": "main.py exited with 2"} and record["exit_code"] == 2
+
+    result = study.CaseResult(case={}, grid=dict(GRID), noise=2.0)
+    study.place_verify(case, runner, result, "lr_verify_share", share=5.0)
+    assert "lr_verify_share" not in result.methods and "lr_verify_share" not in result.cost
+    assert capsys.readouterr().out == "[fake] lr_verify_share: the run verified nothing (main.py exited with 2)\n"
 
 
 def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
