@@ -149,6 +149,11 @@ class Runner:
         record = self.run(f"{case.name}/sweep", argv, ["--lr_plot", "<run>/range_test.png"])
         return record["history"]["lr"], record["history"]["loss"], record
 
+    @staticmethod
+    def verify_name(case, steps: int | None = None, share: float | None = None) -> str:
+        """The record's name (under --records, without .json) of a verification run."""
+        return f"{case.name}/verify-{steps}" if share is None else f"{case.name}/verify-share{share:g}"
+
     def verify(self, case, steps: int | None = None, share: float | None = None) -> tuple[dict, dict]:
         """The range test with ``--lr_verify steps``, or with ``--lr_verify_share share`` against the
         case's own training (``--epochs``); (its JSON, its record). A run main.py refused (too small a
@@ -157,8 +162,7 @@ class Runner:
             ["--lr_verify_share", f"{share:g}", "--epochs", str(case.epochs)]
         argv = ["--find_lr", *self.common(case), "--lr_start", repr(case.lr_start), "--lr_end", repr(case.lr_end),
                 "--lr_iter", str(case.lr_iter), "--seed", "0", *verify]
-        name = f"{case.name}/verify-{steps}" if share is None else f"{case.name}/verify-share{share:g}"
-        record = self.run(name, argv, ["--lr_plot", "<run>/range_test.png"])
+        record = self.run(self.verify_name(case, steps, share), argv, ["--lr_plot", "<run>/range_test.png"])
         return record.get("answer") or {"error": f"main.py exited with {record['exit_code']}"}, record
 
     def train(self, case, lr: float, seed: int, epochs: int | None = None) -> float:

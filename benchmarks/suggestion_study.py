@@ -276,8 +276,8 @@ def place_verify(case: Case, runner: Runner, result: CaseResult, method: str, st
     history = record.get("history") or {}
     current = suggestions_from_history(history.get("lr", []), history.get("loss", []), case.optimizer)
     if not same_range(verified.get("suggested_range"), current.get("suggested_range")):
-        run = f"verify-{steps}" if share is None else f"verify-share{share:g}"
-        print(f"[{case.name}] {method}: its record was made by another rule; delete {case.name}/{run}.json to run it again")
+        print(f"[{case.name}] {method}: its record was made by another rule; delete "
+              f"{Runner.verify_name(case, steps, share)}.json to run it again")
         return
     result.methods[method] = place(verified["suggested_lr"], result.grid, result.noise)
     total = verified.get("verify_total_steps") or 0

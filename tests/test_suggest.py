@@ -284,8 +284,6 @@ def test_the_range_spans_the_fit_cases_ratios_and_stops_at_the_blow_up():
     assert low < 0.05 <= high
 
 
-
-
 def test_the_cli_offers_exactly_the_readings_suggest_makes():
     from cli import get_args_parser
 
