@@ -1,8 +1,10 @@
 """Running main.py for the suggestion study, one small JSON record per finished run.
 
 A record holds the command line (with the data folders written as ``<data:NAME>``, so it is the
-same on every machine), the exit code, the seconds, and what the study reads: the best val top-1
-and its curve per epoch for a training, the loss history and the JSON for a range test. Records
+same on every machine), the exit code, the seconds, the precision main.py chose (``--precision
+auto``: bf16 on a CPU that has it natively, else fp32, so it follows the machine), and what the
+study reads: the best val top-1 and its curve per epoch for a training, the loss history and the
+JSON for a range test. Records
 live in the repository: on a fresh machine the study reruns only what has no record.
 """
 
@@ -43,6 +45,20 @@ def history(folder: Path) -> dict:
     return {"lr": [float(r["lr"]) for r in rows], "loss": [float(r["loss"]) for r in rows]}
 
 
+def run_precision(folder: Path) -> str | None:
+    """The precision main.py resolved for a run: a training's config.json, a range test's JSON."""
+    for name, keys in (("config.json", ("precision",)), ("suggested_lr.json", ("machine", "precision"))):
+        try:
+            value = json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            continue
+        for key in keys:
+            value = (value or {}).get(key)
+        if value:
+            return value
+    return None
+
+
 PRODIGY = "<prodigy>"  # marks a run whose optimizer is Prodigy (a study-only baseline, not a main.py choice)
 
 
@@ -71,6 +87,7 @@ class Runner:
 
     def __init__(self, records: Path, work: Path, dry: bool = False, quiet: bool = True, quick: bool = False):
         self.records, self.work, self.dry, self.quiet, self.quick = records, work, dry, quiet, quick
+        self.precisions: dict[str, set[str]] = {}  # case -> the precisions its runs trained in
 
     # -- command lines
 
@@ -107,7 +124,7 @@ class Runner:
         if record_path.exists():
             record = json.loads(record_path.read_text())
             if record["argv"] == argv:
-                return record
+                return self.seen(name, record)
         if self.dry:
             raise Runner.Missing(name)
         import main
@@ -128,6 +145,8 @@ class Runner:
         if prodigy:
             argv = [PRODIGY, *argv]
         record = {"argv": argv, "exit_code": code, "seconds": round(time.perf_counter() - started, 1)}
+        if precision := run_precision(run_dir):
+            record["precision"] = precision
         if (run_dir / "metrics.csv").exists():
             curve = epoch_top1(run_dir)
             record.update(top1_per_epoch=curve, best_top1=max(curve, default=0.0))
@@ -141,6 +160,12 @@ class Runner:
             if checkpoint.name != "best.pt" or not name.startswith("pretrain-"):
                 checkpoint.unlink()  # 100 MB each, not needed by the study
         print(f"[{name}] {record.get('best_top1', '')} ({record['seconds']} s)", flush=True)
+        return self.seen(name, record)
+
+    def seen(self, name: str, record: dict) -> dict:
+        """Note the precision of a case's run; records made before it was recorded say "unrecorded"."""
+        precision = record.get("precision") or ((record.get("answer") or {}).get("machine") or {}).get("precision")
+        self.precisions.setdefault(name.split("/")[0], set()).add(precision or "unrecorded")
         return record
 
     def sweep(self, case) -> tuple[list[float], list[float], dict]:

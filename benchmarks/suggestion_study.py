@@ -149,6 +149,7 @@ class CaseResult:
     range: dict = field(default_factory=dict)
     prodigy: dict = field(default_factory=dict)  # the rate-free baseline's top-1 against the grid's
     cost: dict = field(default_factory=dict)
+    precisions: list = field(default_factory=list)  # what its runs trained in: more than one is worth saying
 
 
 def suggestions_from_history(lrs, losses, optimizer: str) -> dict:
@@ -252,6 +253,7 @@ def run_case(case: Case, runner: Runner, verify: bool) -> CaseResult:
                 result.cost["lr_verify_budget"] = result.cost["lr_verify"]
         if not runner.quick:
             place_verify(case, runner, result, "lr_verify_share", share=VERIFY_SHARE)
+    result.precisions = sorted(runner.precisions.get(case.name, set()))
     return result
 
 
@@ -374,6 +376,8 @@ def table(results: list[CaseResult]) -> str:
             lines.append(f"| {r.case['name']} | {r.best_lr:.3g} ({r.best_top1:.1f}) | {r.noise:.1f} | "
                          f"{r.plateau[0]:.3g}-{r.plateau[-1]:.3g} | {r.sweep.get('loss_drop', 0):.0%} | {rng} | " + " | ".join(cells) +
                          (f" | {r.prodigy['top1']:.1f} ({r.prodigy['minus_best']:+.1f}) |" if r.prodigy else " | - |"))
+        lines += [f"- {r.case['name']}: its runs trained in {', '.join(r.precisions)}"
+                  for r in rs if len(r.precisions) > 1]
     return "\n".join(lines)
 
 

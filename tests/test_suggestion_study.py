@@ -133,11 +133,20 @@ def test_a_share_verification_runs_main_with_the_cases_epochs_and_a_refused_shar
     runner = Runner(tmp_path, tmp_path / "work", dry=True)  # dry: a command line other than argv would raise
     answer, record = runner.verify(case, share=5.0)
     assert answer == {"error": "main.py exited with 2"} and record["exit_code"] == 2
+    assert runner.precisions == {"fake": {"unrecorded"}}  # a record made before precisions were kept
 
     result = study.CaseResult(case={}, grid=dict(GRID), noise=2.0)
     study.place_verify(case, runner, result, "lr_verify_share", share=5.0)
     assert "lr_verify_share" not in result.methods and "lr_verify_share" not in result.cost
     assert capsys.readouterr().out == "[fake] lr_verify_share: the run verified nothing (main.py exited with 2)\n"
+
+
+def test_the_table_says_when_a_cases_runs_trained_in_more_than_one_precision():
+    result = study.CaseResult(case={"name": "fake", "role": "test"}, grid=dict(GRID), best_lr=0.064, best_top1=92.5,
+                              noise=2.0, plateau=[0.032, 0.064], precisions=["bf16", "fp32"])
+    assert study.table([result]).endswith("\n- fake: its runs trained in bf16, fp32")
+    result.precisions = ["fp32"]
+    assert "trained in" not in study.table([result])
 
 
 def test_test_cases_are_apart_from_fit_cases_and_train_long_enough():
@@ -180,6 +189,8 @@ def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, cap
 
     saved = sorted(records.rglob("*.json"))
     assert saved and all("<data:digits>" in json.loads(p.read_text())["argv"] for p in saved)  # machine-free
+    precisions = {json.loads(p.read_text())["precision"] for p in saved}  # auto: what this CPU runs natively
+    assert precisions in ({"fp32"}, {"bf16"}) and case["precisions"] == sorted(precisions)
     stamps = [p.stat().st_mtime_ns for p in saved]
     assert study.main(argv + ["--only_records"]) == 0  # everything is in the records: nothing runs again
     assert [p.stat().st_mtime_ns for p in sorted(records.rglob("*.json"))] == stamps
