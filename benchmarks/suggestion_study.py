@@ -377,7 +377,7 @@ def table(results: list[CaseResult]) -> str:
                          f"{r.plateau[0]:.3g}-{r.plateau[-1]:.3g} | {r.sweep.get('loss_drop', 0):.0%} | {rng} | " + " | ".join(cells) +
                          (f" | {r.prodigy['top1']:.1f} ({r.prodigy['minus_best']:+.1f}) |" if r.prodigy else " | - |"))
         lines += [f"- {r.case['name']}: its runs trained in {', '.join(r.precisions)}"
-                  for r in rs if len(r.precisions) > 1]
+                  for r in rs if len(set(r.precisions) - {"unrecorded"}) > 1]
     return "\n".join(lines)
 
 
