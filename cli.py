@@ -142,9 +142,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="after the sweep, train N steps (warm-up + cosine to 0) from the same initial weights "
                              "at up to 5 rates x2 apart across the suggested range (3 with AdamW), score each on "
                              "held-out images (val/ if present, else a held-out slice of train/); the best (lowest "
-                             "loss) replaces the "
-                             "suggestion only when its top-1 beats the suggestion's by more than 2 standard errors "
-                             "(0: off)")
+                             "loss) replaces the suggestion only when its top-1 beats the suggestion's by more "
+                             "than 2 standard errors (0: off)")
     finder.add_argument("--lr_verify_share", type=finite_float, default=0.0, metavar="PCT",
                         help="verify as --lr_verify does, with N chosen so that all the trials together cost at most "
                              "PCT %% of the steps of the training --epochs plans (ImageNet, 90 epochs at batch 256: "

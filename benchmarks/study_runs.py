@@ -4,8 +4,8 @@ A record holds the command line (with the data folders written as ``<data:NAME>`
 same on every machine), the exit code, the seconds, the precision main.py chose (``--precision
 auto``: bf16 on a CPU that has it natively, else fp32, so it follows the machine), and what the
 study reads: the best val top-1 and its curve per epoch for a training, the loss history and the
-JSON for a range test. Records
-live in the repository: on a fresh machine the study reruns only what has no record.
+JSON for a range test. Records live in the repository: on a fresh machine the study reruns only
+what has no record.
 """
 
 import contextlib
@@ -45,18 +45,17 @@ def history(folder: Path) -> dict:
     return {"lr": [float(r["lr"]) for r in rows], "loss": [float(r["loss"]) for r in rows]}
 
 
-def run_precision(folder: Path) -> str | None:
-    """The precision main.py resolved for a run: a training's config.json, a range test's JSON."""
-    for name, keys in (("config.json", ("precision",)), ("suggested_lr.json", ("machine", "precision"))):
-        try:
-            value = json.loads((folder / name).read_text())
-        except FileNotFoundError:
-            continue
-        for key in keys:
-            value = (value or {}).get(key)
-        if value:
-            return value
-    return None
+def training_precision(folder: Path) -> str | None:
+    """The precision main.py resolved for a training (its config.json); None for a range test."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("precision")
+    except FileNotFoundError:
+        return None
+
+
+def record_precision(record: dict) -> str | None:
+    """A record's precision: its own field, else (a range test recorded before the field) its JSON's."""
+    return record.get("precision") or ((record.get("answer") or {}).get("machine") or {}).get("precision")
 
 
 PRODIGY = "<prodigy>"  # marks a run whose optimizer is Prodigy (a study-only baseline, not a main.py choice)
@@ -145,13 +144,13 @@ class Runner:
         if prodigy:
             argv = [PRODIGY, *argv]
         record = {"argv": argv, "exit_code": code, "seconds": round(time.perf_counter() - started, 1)}
-        if precision := run_precision(run_dir):
-            record["precision"] = precision
         if (run_dir / "metrics.csv").exists():
             curve = epoch_top1(run_dir)
             record.update(top1_per_epoch=curve, best_top1=max(curve, default=0.0))
         if (run_dir / "lr_finder_history.csv").exists():
             record.update(history=history(run_dir), answer=json.loads((run_dir / "suggested_lr.json").read_text()))
+        if precision := training_precision(run_dir) or record_precision(record):
+            record["precision"] = precision
         record_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = record_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=0))
@@ -164,8 +163,7 @@ class Runner:
 
     def seen(self, name: str, record: dict) -> dict:
         """Note the precision of a case's run; records made before it was recorded say "unrecorded"."""
-        precision = record.get("precision") or ((record.get("answer") or {}).get("machine") or {}).get("precision")
-        self.precisions.setdefault(name.split("/")[0], set()).add(precision or "unrecorded")
+        self.precisions.setdefault(name.split("/")[0], set()).add(record_precision(record) or "unrecorded")
         return record
 
     def sweep(self, case) -> tuple[list[float], list[float], dict]:
