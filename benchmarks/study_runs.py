@@ -5,7 +5,9 @@ same on every machine), the exit code, the seconds, the precision main.py chose 
 auto``: bf16 on a CPU that has it natively, else fp32, so it follows the machine), and what the
 study reads: the best val top-1 and its curve per epoch for a training, the loss history and the
 JSON for a range test. Records live in the repository: on a fresh machine the study reruns only
-what has no record.
+what has no record. A training stopped part-way continues from its last checkpoint (``--resume
+auto``) when the study runs again on the same machine; one main.py refuses (made with other
+settings, such as another precision) trains afresh, with a line that says so.
 """
 
 import contextlib
@@ -58,6 +60,9 @@ def record_precision(record: dict) -> str | None:
     return record.get("precision") or ((record.get("answer") or {}).get("machine") or {}).get("precision")
 
 
+# A training's output flags (not part of its record): an interrupted one continues from its last
+# epoch's checkpoint in the work folder when the study runs again on the same machine.
+RESUMABLE = ["--output_dir", "<run>", "--resume", "auto"]
 PRODIGY = "<prodigy>"  # marks a run whose optimizer is Prodigy (a study-only baseline, not a main.py choice)
 
 
@@ -134,16 +139,30 @@ class Runner:
         run_dir = self.work / name
         run_dir.mkdir(parents=True, exist_ok=True)
         real = self.resolve(argv) + [flag.replace("<run>", str(run_dir)) for flag in outputs]
+        resumed = "--resume" in outputs and (run_dir / "last.pt").exists()
         started = time.perf_counter()
-        with open(run_dir / "output.txt", "w") as log, contextlib.ExitStack() as stack:
-            if self.quiet:
-                stack.enter_context(contextlib.redirect_stdout(log))
-                stack.enter_context(contextlib.redirect_stderr(log))
-            with prodigy_optimizer() if prodigy else contextlib.nullcontext():
-                code = main.main(real)
+
+        def run_main() -> int:
+            with open(run_dir / "output.txt", "w") as log, contextlib.ExitStack() as stack:
+                if self.quiet:
+                    stack.enter_context(contextlib.redirect_stdout(log))
+                    stack.enter_context(contextlib.redirect_stderr(log))
+                with prodigy_optimizer() if prodigy else contextlib.nullcontext():
+                    return main.main(real)
+
+        code = run_main()
+        if resumed and code == 2:  # main.py refused the checkpoint (made with other settings, e.g. precision)
+            said = (run_dir / "output.txt").read_text().strip().splitlines() if self.quiet else []
+            print(f"[{name}] {said[-1] if said else 'main.py refused its last.pt'}: training afresh", flush=True)
+            for checkpoint in run_dir.glob("*.pt"):
+                checkpoint.unlink()
+            resumed, started = False, time.perf_counter()
+            code = run_main()
         if prodigy:
             argv = [PRODIGY, *argv]
         record = {"argv": argv, "exit_code": code, "seconds": round(time.perf_counter() - started, 1)}
+        if resumed:
+            record["resumed"] = True  # the seconds are this process's share only
         if (run_dir / "metrics.csv").exists():
             curve = epoch_top1(run_dir)
             record.update(top1_per_epoch=curve, best_top1=max(curve, default=0.0))
@@ -193,14 +212,14 @@ class Runner:
         argv = ["--lr", f"{lr:.6g}", *self.common(case), "--epochs", str(epochs), "--scheduler", "cosine",
                 "--no_plots", "--seed", str(seed)]
         tag = "" if epochs == case.epochs else f"-epochs{epochs}"
-        record = self.run(f"{case.name}/train-lr{lr:.4g}-seed{seed}{tag}", argv, ["--output_dir", "<run>"])
+        record = self.run(f"{case.name}/train-lr{lr:.4g}-seed{seed}{tag}", argv, RESUMABLE)
         return record.get("best_top1", 0.0)
 
     def train_prodigy(self, case, seed: int = 0) -> float:
         """The baseline that needs no rate: Prodigy at its defaults (lr 1), the same cosine training."""
         argv = [PRODIGY, "--lr", "1", *self.common(case, optimizer="adamw"), "--epochs", str(case.epochs),
                 "--scheduler", "cosine", "--no_plots", "--seed", str(seed)]
-        record = self.run(f"{case.name}/prodigy-seed{seed}", argv, ["--output_dir", "<run>"])
+        record = self.run(f"{case.name}/prodigy-seed{seed}", argv, RESUMABLE)
         return record.get("best_top1", 0.0)
 
     # -- fine-tuning: the model trained first on other data

@@ -194,3 +194,48 @@ def test_quick_study_writes_every_key_and_resumes_from_its_records(tmp_path, cap
     stamps = [p.stat().st_mtime_ns for p in saved]
     assert study.main(argv + ["--only_records"]) == 0  # everything is in the records: nothing runs again
     assert [p.stat().st_mtime_ns for p in sorted(records.rglob("*.json"))] == stamps
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint_and_a_refused_one_trains_afresh(tmp_path, monkeypatch,
+                                                                                             capsys):
+    import types
+
+    from study_runs import Runner
+
+    calls = []
+
+    def fake_main(argv):  # main.py: refuses seed 0's checkpoint, continues seed 1's
+        run_dir = tmp_path / "work" / "fake" / f"train-lr0.01-seed{argv[argv.index('--seed') + 1]}"
+        calls.append((argv[argv.index("--output_dir") + 1:], (run_dir / "last.pt").exists()))
+        if "seed0" in run_dir.name and (run_dir / "last.pt").exists():
+            print(f"error: {run_dir / 'last.pt'}: was made with other settings (precision: checkpoint 'bf16' vs now "
+                  "'fp32'); resume with the same flags or use another --output_dir")
+            return 2
+        (run_dir / "metrics.csv").write_text("epoch,val_top1\n1,40.5\n2,52.0\n")
+        (run_dir / "config.json").write_text('{"precision": "fp32"}')
+        return 0
+
+    monkeypatch.setitem(sys.modules, "main", types.SimpleNamespace(main=fake_main))
+    monkeypatch.setattr(Runner, "resolve", lambda self, argv: list(argv))
+    case = study_cases.Case("fake", "test", "scans", 24, 64, 2)
+    runner = Runner(tmp_path / "records", tmp_path / "work")
+    for seed in (0, 1):
+        run_dir = tmp_path / "work" / "fake" / f"train-lr0.01-seed{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "last.pt").write_bytes(b"checkpoint")
+        (run_dir / "best.pt").write_bytes(b"checkpoint")
+
+    assert runner.train(case, 0.01, seed=0) == 52.0
+    refused = str(tmp_path / "work" / "fake" / "train-lr0.01-seed0")
+    assert calls == [([refused, "--resume", "auto"], True), ([refused, "--resume", "auto"], False)]
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"[fake/train-lr0.01-seed0] error: {refused}/last.pt: was made with other settings (precision: checkpoint "
+        "'bf16' vs now 'fp32'); resume with the same flags or use another --output_dir: training afresh")
+    record = json.loads((tmp_path / "records" / "fake" / "train-lr0.01-seed0.json").read_text())
+    assert record["exit_code"] == 0 and "resumed" not in record and "--resume" not in record["argv"]
+
+    assert runner.train(case, 0.01, seed=1) == 52.0
+    assert calls[2] == ([str(tmp_path / "work" / "fake" / "train-lr0.01-seed1"), "--resume", "auto"], True)
+    record = json.loads((tmp_path / "records" / "fake" / "train-lr0.01-seed1.json").read_text())
+    assert record["resumed"] is True and record["top1_per_epoch"] == [40.5, 52.0] and len(calls) == 3
+    assert not list((tmp_path / "work" / "fake").rglob("*.pt"))  # the study keeps no checkpoint once recorded
