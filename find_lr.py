@@ -32,7 +32,7 @@ from lr_verify import (
 from model_resnet50 import create_model
 from preprocess import MAX_BAD_FRACTION, EpochSampler, balanced_subset, build_datasets, build_loader, hold_out, subset
 from recipes import recipe_lr
-from report import console_lines, history_csv, optimizer_name, render_log
+from report import console_lines, history_csv, optimizer_name, render_log, share_of_training
 from runtime import AMP_DTYPES, Distributed, seed_everything, select_precision, wrap_model
 from settings import rate_settings
 from suggest import SuggestionError, read_curve, smooth, suggest_all
@@ -227,7 +227,7 @@ def verify_suggestion(args, dist: Distributed, curve, model, optimizer, criterio
         cost = f"; about {total / steps_per_s / 60:.1f} min at the sweep's speed" if steps_per_s else ""
         print(f"Verifying: {' then '.join(f'{n} rates x {k} steps' for n, k in plan)} across {low:.2e} to "
               f"{high:.2e}, scored on {len(heldout_ds)} held-out images from {source}: {total} steps, "
-              f"{total / planned_steps:.2%} of the {planned_steps} steps --epochs plans{cost}", flush=True)
+              f"{share_of_training(total, planned_steps)}{cost}", flush=True)
     started = time.perf_counter()
     rounds, reason = verify_rates(model, optimizer, criterion, batches, heldout, center, steps,
                                   device, low, high, AMP_DTYPES[precision], channels_last, dist, stop)

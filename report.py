@@ -164,10 +164,16 @@ def results_text(result: FinderResult) -> str:
     return "\n".join(lines)
 
 
+def share_of_training(steps: int, planned_steps: int) -> str:
+    """The trials' steps against the training --epochs plans: a percentage, or a multiple once they exceed it."""
+    ratio = steps / planned_steps
+    amount = f"{ratio:.2%} of" if ratio <= 1 else f"{ratio:.1f}x"
+    return f"{amount} the {planned_steps} steps --epochs plans"
+
+
 def verification_text(result: FinderResult) -> list[str]:
     v = result.verification
-    share = (f", {v.total_steps / v.planned_steps:.2%} of the {v.planned_steps} steps --epochs plans"
-             if v.planned_steps else "")
+    share = f", {share_of_training(v.total_steps, v.planned_steps)}" if v.planned_steps else ""
     asked = f" (--lr_verify_share {v.budget_share:g})" if v.budget_share else ""
     lines = [f"--lr_verify{asked}: {len(v.trials)} short trainings, {v.total_steps} steps in all{share} "
              f"({seconds(v.elapsed_s)}); the first round {v.first_round_steps} steps each, doubled each round for "

@@ -8,7 +8,7 @@ import pytest
 
 import lr_plot
 from finder_result import Answer, FinderResult, SweepFacts, Trial, Verification, answer_warnings
-from report import console_lines, next_steps, render_log
+from report import console_lines, next_steps, render_log, share_of_training
 from suggest import CurveReading
 
 CURVE = CurveReading(readings={"rise": 0.033, "steepest": 0.02, "valley": 0.004, "minimum": 0.0061}, method="rise",
@@ -131,3 +131,12 @@ def test_the_plot_draws_the_same_rate_and_range(tmp_path, monkeypatch):
                                "learning rate: 3.30e-02", "loss turns up: 6.60e-02"]
     lr_plot.plot_sweep(str(tmp_path / "p.png"), result(), sweep, 0.05, "t", advanced=True)
     assert drawn["labels"][5:] == ["steepest: 2.00e-02", "valley: 4.00e-03", "minimum: 6.10e-03"]
+
+
+@pytest.mark.parametrize(("steps", "planned", "text"), [
+    (48, 1036, "4.63% of the 1036 steps --epochs plans"),
+    (60, 60, "100.00% of the 60 steps --epochs plans"),
+    (190, 12, "15.8x the 12 steps --epochs plans"),  # trials longer than the training read as a multiple
+])
+def test_the_trials_cost_reads_as_a_share_of_the_training_or_a_multiple_of_it(steps, planned, text):
+    assert share_of_training(steps, planned) == text
